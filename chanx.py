@@ -56,7 +56,7 @@ __all__ = [
     # Authentication
     "AuthenticationResult",
     "ChanxSerializer",
-    "ChanxAuthView",
+    "ChanxAuthView",  # noqa: F822 - built on first access, see __getattr__
     "ChanxWebsocketAuthenticator",
     "DjangoAuthenticator",
     # Consumer
@@ -94,11 +94,11 @@ import inspect
 import io
 import json
 import logging
+import operator
 import re
 import sys
 import threading
 import time
-import traceback
 import types
 import typing
 import uuid
@@ -245,8 +245,7 @@ def _setting_errors(user: Any) -> list[str]:
         ):
             expected = " or ".join(t.__name__ for t in _SETTING_TYPES[key])
             problems.append(
-                f"settings.CHANX[{key!r}] should be {expected}, "
-                f"but got {type(value).__name__}."
+                f"settings.CHANX[{key!r}] should be {expected}, but got {type(value).__name__}."
             )
     access = user.get("PLAYGROUND_ACCESS", "debug_or_staff")
     if isinstance(access, str) and access not in _PLAYGROUND_ACCESS:
@@ -472,9 +471,7 @@ def _message_types(spec: Any) -> list[type[BaseModel]]:
         return _message_types(spec.model_fields["message"].annotation)
     if isinstance(spec, type) and issubclass(spec, BaseModel):
         return [spec]
-    raise ChanxConfigError(
-        f"Expected a message class or a union of them, but got {spec!r}."
-    )
+    raise ChanxConfigError(f"Expected a message class or a union of them, but got {spec!r}.")
 
 
 def _union_adapter(models: Sequence[type[BaseModel]], key: str) -> TypeAdapter[Any] | None:
@@ -483,8 +480,9 @@ def _union_adapter(models: Sequence[type[BaseModel]], key: str) -> TypeAdapter[A
         return None
     if len(models) == 1:  # never a discriminator on a single type (chanx#9)
         return TypeAdapter(models[0])
-    union = Union[tuple(models)]  # noqa: UP007 - built at run time
-    return TypeAdapter(Annotated[union, Field(discriminator=key)])
+    annotated: Any = Annotated  # the union is built at run time from the consumer's types
+    union = functools.reduce(operator.or_, models)
+    return TypeAdapter(annotated[union, Field(discriminator=key)])
 
 
 # camelCase on the way out, snake_case on the way in, with no extra package.
@@ -515,9 +513,7 @@ def _convert_keys(value: Any, convert: Callable[[str], str]) -> Any:
 def _clean_errors(error: ValidationError, limit: int = 20) -> list[dict[str, Any]]:
     """Pydantic errors a client may see: no input echo, bounded in size."""
     cleaned = []
-    for item in error.errors(include_input=False, include_url=False, include_context=False)[
-        :limit
-    ]:
+    for item in error.errors(include_input=False, include_url=False, include_context=False)[:limit]:
         kind = item["type"]
         msg = item["msg"]
         if kind == "union_tag_invalid":  # pydantic's text repeats the client's tag
@@ -618,7 +614,7 @@ def _auth_view_class() -> type[Any]:
         def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
             return self.get_response(request)
 
-        post = put = patch = delete = options = get
+        post = put = patch = delete = get
 
     return ChanxAuthView
 
@@ -692,9 +688,7 @@ class ChanxWebsocketAuthenticator:
 
     async def authenticate(self, scope: Scope) -> AuthenticationResult:
         """Run DRF once, in a worker thread with Django's DB connection handling."""
-        result: AuthenticationResult = await database_sync_to_async(self.authenticate_sync)(
-            scope
-        )
+        result: AuthenticationResult = await database_sync_to_async(self.authenticate_sync)(scope)
         return result
 
     def build_view(self, request: HttpRequest, kwargs: dict[str, Any]) -> Any:
@@ -840,6 +834,11 @@ class _Handler:
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
 
+def _require_coroutine(fn: Callable[..., Any]) -> None:
+    if not inspect.iscoroutinefunction(fn):
+        raise ChanxConfigError(f"Handler {fn.__qualname__} must be an async def method.")
+
+
 def _handler_decorator(
     kind: Literal["ws", "event"],
     func: _F | None,
@@ -849,8 +848,7 @@ def _handler_decorator(
     tags: Iterable[str] | None,
 ) -> Any:
     def mark(fn: _F) -> _F:
-        if not inspect.iscoroutinefunction(fn):
-            raise ChanxConfigError(f"Handler {fn.__qualname__} must be an async def method.")
+        _require_coroutine(fn)
         doc = inspect.getdoc(fn)
         fn.__chanx_handler__ = _HandlerSpec(  # type: ignore[attr-defined]
             kind,
@@ -1051,9 +1049,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     # Authentication: set here (early style) or on an authenticator subclass.
     # A value set here wins over the authenticator's, which wins over DRF's.
-    authenticator_class: ClassVar[type[ChanxWebsocketAuthenticator]] = (
-        ChanxWebsocketAuthenticator
-    )
+    authenticator_class: ClassVar[type[ChanxWebsocketAuthenticator]] = ChanxWebsocketAuthenticator
     authentication_classes: ClassVar[Sequence[Any] | None] = None
     permission_classes: ClassVar[Sequence[Any] | None] = None
     queryset: ClassVar[Any] = None
@@ -1061,8 +1057,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     lookup_url_kwarg: ClassVar[str | None] = None
     auth_method: ClassVar[str | None] = None
 
-    #: Groups every connection joins (copied per connection).
-    groups: ClassVar[Sequence[str] | None] = None  # type: ignore[misc]
+    #: Groups to join: set a list on the class; each connection gets its own copy.
+    groups: list[str]
 
     # Behaviour flags: None means "use settings.CHANX".
     send_completion: bool | None = None
@@ -1074,6 +1070,14 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     camelize: bool | None = None
 
     _chanx_meta: ClassVar[_ConsumerMeta]
+    # Per connection, set by _setup_connection().
+    _max_size: int
+    _max_in_flight: int
+    _rate: float | None
+    _burst: float
+    _tokens: float
+    _last_refill: float
+    _incoming: TypeAdapter[Any] | None
     _chanx_authenticator: ClassVar[type[ChanxWebsocketAuthenticator] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -1083,7 +1087,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.groups: list[str] = list(type(self).groups or ())  # type: ignore[misc]
+        self.groups = list(getattr(type(self), "groups", None) or ())
         self.user: Any = None
         self.obj: Any = None
         self.request: Request | None = None
@@ -1097,6 +1101,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         self._layer_reader: asyncio.Task[None] | None = None
         self._frame_seq = 0
         self._user_key: str | None = None
+        self._ignored: frozenset[str] = frozenset()
         self._log_base: dict[str, Any] = {}
 
     # The connection loop ###################################################
@@ -1193,12 +1198,15 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             return
         action = message.action
         self._frame_seq += 1
-        if self.log_received_message and action not in self.log_ignored_actions:
-            if logger.isEnabledFor(logging.INFO):
-                logger.info(
-                    "Received websocket message",
-                    extra=_log_context(self, action=action, message_id=self._message_id()),
-                )
+        if (
+            self.log_received_message
+            and action not in self._ignored
+            and logger.isEnabledFor(logging.INFO)
+        ):
+            logger.info(
+                "Received websocket message",
+                extra=_log_context(self, action=action, message_id=self._message_id()),
+            )
         await _ensure_db_hygiene()
         handler = self._chanx_meta.ws_handlers.get(action)
         try:
@@ -1235,15 +1243,14 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         )
         self.log_received_message = _resolve(self.log_received_message, "LOG_RECEIVED_MESSAGE")
         self.log_sent_message = _resolve(self.log_sent_message, "LOG_SENT_MESSAGE")
-        self.log_ignored_actions = frozenset(
-            _resolve(self.log_ignored_actions, "LOG_IGNORED_ACTIONS")
-        )
+        self._ignored = frozenset(_resolve(self.log_ignored_actions, "LOG_IGNORED_ACTIONS"))
         self.camelize = _resolve(self.camelize, "CAMELIZE")
-        self._max_size: int = chanx_settings.MAX_MESSAGE_SIZE
-        self._max_in_flight: int = max(1, chanx_settings.MAX_IN_FLIGHT_MESSAGES)
-        self._rate: float | None = chanx_settings.RATE_LIMIT
+        self._max_size = chanx_settings.MAX_MESSAGE_SIZE
+        self._max_in_flight = max(1, chanx_settings.MAX_IN_FLIGHT_MESSAGES)
+        self._rate = chanx_settings.RATE_LIMIT
         self._burst = float(chanx_settings.RATE_LIMIT_BURST or self._rate or 0)
-        self._tokens, self._last_refill = self._burst, time.monotonic()
+        self._tokens = self._burst
+        self._last_refill = time.monotonic()
         self._incoming = self._chanx_meta.adapter("incoming")
         client = self.scope.get("client") or ("", "")
         self._log_base = {
@@ -1302,7 +1309,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     async def authenticate(self) -> AuthenticationResult:
         """Authenticate the handshake; override to replace DRF entirely."""
         self.authenticator = self.get_authenticator_class()()
-        result = await self.authenticator.authenticate(self.scope)
+        result: AuthenticationResult = await self.authenticator.authenticate(self.scope)
         self.request = self.authenticator.request
         return result
 
@@ -1356,9 +1363,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     async def receive_message(self, message: BaseMessage) -> None:
         """Called with a validated message that no ``@ws_handler`` takes."""
-        logger.warning(
-            "No handler for action %r", message.action, extra=_log_context(self)
-        )
+        logger.warning("No handler for action %r", message.action, extra=_log_context(self))
         await self.on_bad_frame("No handler for this action.")
 
     async def receive_event(self, event: EventT) -> None:
@@ -1404,9 +1409,12 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         if self._closed:
             return
         await self.base_send({"type": "websocket.send", "text": text})
-        if self.log_sent_message and action not in self.log_ignored_actions:
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("Sent websocket message", extra=_log_context(self, action=action))
+        if (
+            self.log_sent_message
+            and action not in self._ignored
+            and logger.isEnabledFor(logging.INFO)
+        ):
+            logger.info("Sent websocket message", extra=_log_context(self, action=action))
         if self.send_message_immediately:
             await asyncio.sleep(0)
 
@@ -1483,7 +1491,9 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                 else:
                     await self._dispatch_custom(message)
             except Exception:
-                logger.exception("Failed to handle a channel-layer message", extra=_log_context(self))
+                logger.exception(
+                    "Failed to handle a channel-layer message", extra=_log_context(self)
+                )
 
     async def _relay_group_message(self, message: ASGIMessage) -> None:
         is_current = message["from_channel"] == self.channel_name
@@ -1491,9 +1501,13 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             return
         sender = message["from_user"]
         is_mine = sender is not None and sender == self._user_key
-        mine_key, current_key = ("isMine", "isCurrent") if self.camelize else (
-            "is_mine",
-            "is_current",
+        mine_key, current_key = (
+            ("isMine", "isCurrent")
+            if self.camelize
+            else (
+                "is_mine",
+                "is_current",
+            )
         )
         text: str = message["text"]
         flags = (
@@ -1512,7 +1526,9 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         if name and not name.startswith(("_", "websocket_")):  # never a fake client frame
             handler = getattr(self, name, None)
         if handler is None:
-            logger.warning("No handler for channel-layer message %r", kind, extra=_log_context(self))
+            logger.warning(
+                "No handler for channel-layer message %r", kind, extra=_log_context(self)
+            )
             return
         await _ensure_db_hygiene()
         await handler(message)
@@ -1535,9 +1551,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                 if reply is not None:
                     await self.send_message(reply)
         except Exception:
-            logger.exception(
-                "Event handler failed", extra=_log_context(self, action=event.action)
-            )
+            logger.exception("Event handler failed", extra=_log_context(self, action=event.action))
         if self.send_completion:
             await self._send_text(_EVENT_COMPLETE_TEXT)
 
@@ -1646,8 +1660,7 @@ def include(target: Any) -> Any:
         return django_include(target)
     if router is None:
         raise ChanxConfigError(
-            f"Module {target.__name__} has no 'router'. Define "
-            "router = URLRouter([...]) in it."
+            f"Module {target.__name__} has no 'router'. Define router = URLRouter([...]) in it."
         )
     return URLRouter(router) if isinstance(router, (list, tuple)) else router
 
@@ -1852,7 +1865,9 @@ def asyncapi_schema(
 
         handled: set[type[BaseModel]] = set()
         for handler in dict.fromkeys(meta.ws_handlers.values()):
-            accepts = [m for m in handler.accepts if set(_message_actions(m)) & set(handler.actions)]
+            accepts = [
+                m for m in handler.accepts if set(_message_actions(m)) & set(handler.actions)
+            ]
             handled.update(accepts)
             op: dict[str, Any] = {
                 "action": "receive",
@@ -1992,7 +2007,9 @@ def _playground_endpoint(
             return view(request)
         except Exception:
             logger.exception("Playground endpoint failed")
-            return JsonResponse({"detail": "Could not build the websocket description."}, status=500)
+            return JsonResponse(
+                {"detail": "Could not build the websocket description."}, status=500
+            )
 
     return guarded
 
@@ -2002,7 +2019,11 @@ def playground_view(request: HttpRequest) -> HttpResponse:
     """The playground page: pick an endpoint, connect, send, read the log."""
     from django.urls import reverse
 
-    namespace = f"{request.resolver_match.namespace}:" if request.resolver_match and request.resolver_match.namespace else ""
+    namespace = (
+        f"{request.resolver_match.namespace}:"
+        if request.resolver_match and request.resolver_match.namespace
+        else ""
+    )
     page = _PLAYGROUND_HTML.replace(
         "{{ROUTES_URL}}", html.escape(reverse(f"{namespace}chanx-routes"))
     ).replace("{{ASYNCAPI_URL}}", html.escape(reverse(f"{namespace}chanx-asyncapi")))
@@ -2069,9 +2090,9 @@ def capture_events(
 ) -> Iterator[list[CapturedEvent]]:
     """Record the events broadcast or sent inside the block (optionally not sending them)::
 
-        with capture_events(ChatConsumer, suppress=True) as events:
-            client.post("/api/rooms/1/members/", {...})
-        assert events[0].event == MemberAdded(payload=...)
+    with capture_events(ChatConsumer, suppress=True) as events:
+        client.post("/api/rooms/1/members/", {...})
+    assert events[0].event == MemberAdded(payload=...)
     """
     entry: tuple[list[CapturedEvent], type[Any] | None, bool] = ([], consumer, suppress)
     _CAPTURES.append(entry)
@@ -2081,7 +2102,7 @@ def capture_events(
         _CAPTURES.remove(entry)
 
 
-class WebsocketCommunicator(ApplicationCommunicator):  # type: ignore[misc]
+class WebsocketCommunicator(ApplicationCommunicator):
     """Drives a websocket application in tests; every wait ends on a frame or a timeout.
 
     ``user=`` forces the authenticated user (like DRF's ``force_authenticate``);
@@ -2116,10 +2137,15 @@ class WebsocketCommunicator(ApplicationCommunicator):  # type: ignore[misc]
         }
         if user is not None:
             scope[_FORCE_USER_KEY] = user
-        super().__init__(application, scope)
+        super().__init__(application, scope)  # type: ignore[no-untyped-call]
         self.consumer = consumer
         self.received: list[Any] = []  # every frame read, for failure messages
         self.connected = False
+
+    async def _input(self, message: ASGIMessage) -> None:
+        if self.future.done():
+            self.future.result()  # raise the application's exception, if any
+        await self.input_queue.put(message)
 
     async def _next_output(self, timeout: float) -> ASGIMessage | None:
         """The next message the application sent, or None after ``timeout``."""
@@ -2139,7 +2165,7 @@ class WebsocketCommunicator(ApplicationCommunicator):  # type: ignore[misc]
 
     async def connect(self, timeout: float = 1.0) -> tuple[bool, Any]:
         """Open the socket: (True, subprotocol) when accepted, else (False, close code)."""
-        await self.send_input({"type": "websocket.connect"})
+        await self._input({"type": "websocket.connect"})
         response = await self._next_output(timeout)
         if response is None:
             raise AssertionError(f"No answer to connect within {timeout}s.")
@@ -2151,9 +2177,9 @@ class WebsocketCommunicator(ApplicationCommunicator):  # type: ignore[misc]
     async def send_to(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Send one text or binary frame."""
         if text_data is not None:
-            await self.send_input({"type": "websocket.receive", "text": text_data})
+            await self._input({"type": "websocket.receive", "text": text_data})
         else:
-            await self.send_input({"type": "websocket.receive", "bytes": bytes_data or b""})
+            await self._input({"type": "websocket.receive", "bytes": bytes_data or b""})
 
     async def send_json_to(self, data: Any) -> None:
         await self.send_to(text_data=json.dumps(data))
@@ -2176,8 +2202,8 @@ class WebsocketCommunicator(ApplicationCommunicator):  # type: ignore[misc]
         self.received.append(data)
         return data
 
-    async def receive_nothing(self, timeout: float = 0.1) -> bool:
-        """True when nothing arrives within ``timeout``."""
+    async def receive_nothing(self, timeout: float = 0.1, interval: float = 0) -> bool:
+        """True when nothing arrives within ``timeout`` (``interval``: unused, no polling)."""
         if not self.output_queue.empty():
             return False
         response = await self._next_output(timeout)
@@ -2281,11 +2307,11 @@ class WebsocketCommunicator(ApplicationCommunicator):  # type: ignore[misc]
     async def disconnect(self, code: int = 1000, timeout: float = 1.0) -> None:
         """Close from the client side and wait for the application to finish."""
         if not self.future.done():
-            await self.send_input({"type": "websocket.disconnect", "code": code})
-            try:
-                await self.wait(timeout)
-            except asyncio.TimeoutError:
-                pass
+            await self._input({"type": "websocket.disconnect", "code": code})
+            await asyncio.wait({self.future}, timeout=timeout)
+            if not self.future.done():
+                self.future.cancel()
+                await asyncio.wait({self.future})
         self.connected = False
 
 
