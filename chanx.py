@@ -49,7 +49,6 @@ __all__ = [
     "CLOSE_FORBIDDEN",
     "CLOSE_NOT_FOUND",
     "CLOSE_SERVER_ERROR",
-    "CLOSE_RATE_LIMITED",
     # Logging
     "logger",
     "JsonFormatter",
@@ -140,8 +139,6 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_SERVER_ERROR = 4500
-#: Close code when a client keeps flooding past the rate limit.
-CLOSE_RATE_LIMITED = 4429
 
 #: Channel-layer message types chanx sends between consumers.
 _GROUP_TYPE = "chanx.group"
@@ -510,18 +507,27 @@ def _convert_keys(value: Any, convert: Callable[[str], str]) -> Any:
     return value
 
 
+_FIELD_NAME = re.compile(r"[A-Za-z_][\w-]{0,63}")
+
+
 def _clean_errors(error: ValidationError, limit: int = 20) -> list[dict[str, Any]]:
-    """Pydantic errors a client may see: no input echo, bounded in size."""
+    """Pydantic errors a client may see: no input echoed, bounded in size.
+
+    Pydantic's text for an unknown tag repeats the client's value, and a
+    ``loc`` can hold keys of the client's JSON; both are replaced.
+    """
     cleaned = []
-    for item in error.errors(include_input=False, include_url=False, include_context=False)[:limit]:
-        kind = item["type"]
-        msg = item["msg"]
-        if kind == "union_tag_invalid":  # pydantic's text repeats the client's tag
-            expected = error.errors()[0].get("ctx", {}).get("expected_tags", "")
+    for item in error.errors(include_input=False, include_url=False)[:limit]:
+        kind, msg = item["type"], item["msg"]
+        if kind == "union_tag_invalid":
+            expected = item.get("ctx", {}).get("expected_tags", "")
             msg = f"Unknown action; expected one of: {expected}"
         elif kind == "union_tag_not_found":
             msg = "Missing 'action' field"
-        loc = [part[:64] if isinstance(part, str) else part for part in item["loc"]][:10]
+        loc = [
+            part if not isinstance(part, str) or _FIELD_NAME.fullmatch(part) else "<key>"
+            for part in item["loc"][:10]
+        ]
         cleaned.append({"type": kind, "loc": loc, "msg": msg})
     return cleaned
 
@@ -1126,10 +1132,10 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                     await self.websocket_disconnect(message)
                     return
         finally:
-            await self._stop_tasks()
+            await self._leave()
 
     async def _accept_frame(self, message: ASGIMessage) -> None:
-        if self._rate is not None and not self._take_token():
+        if self._rate is not None and not self._take_token(self._rate):
             await self.on_bad_frame("Rate limit exceeded; slow down.")
             if self.send_completion:
                 await self._send_text(_COMPLETE_TEXT)
@@ -1144,9 +1150,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             self._room.clear()
             await self._room.wait()
 
-    def _take_token(self) -> bool:
+    def _take_token(self, rate: float) -> bool:
         now = time.monotonic()
-        rate = typing.cast(float, self._rate)
         self._tokens = min(self._burst, self._tokens + (now - self._last_refill) * rate)
         self._last_refill = now
         if self._tokens >= 1:
@@ -1222,13 +1227,22 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     def _message_id(self) -> str:
         return f"{self._log_base.get('conn_id', '')}:{self._frame_seq}"
 
-    async def _stop_tasks(self) -> None:
+    async def _leave(self) -> None:
+        """Cancel and await this connection's tasks, then leave its groups (once)."""
+        self._closed = True
         tasks = [t for t in (self._worker, self._layer_reader) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._frames.clear()
+        groups, self.groups = self.groups, []
+        if self.channel_layer is not None:
+            for group in groups:
+                try:
+                    await self.channel_layer.group_discard(group, self.channel_name)
+                except Exception:
+                    logger.exception("Could not leave group %s", group, extra=_log_context(self))
 
     # Connect and authenticate ##############################################
 
@@ -1335,14 +1349,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     async def websocket_disconnect(self, message: ASGIMessage) -> None:
         """Cancel and await every task of the connection, leave groups, call ``disconnect``."""
-        self._closed = True
-        await self._stop_tasks()
-        if self.channel_layer is not None:
-            for group in self.groups:
-                try:
-                    await self.channel_layer.group_discard(group, self.channel_name)
-                except Exception:
-                    logger.exception("Could not leave group %s", group, extra=_log_context(self))
+        await self._leave()
         try:
             await self.disconnect(message.get("code", 1000))
         except Exception:
