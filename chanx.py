@@ -1485,10 +1485,29 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             await self.channel_layer.group_send(group, message)
 
     async def _read_layer(self) -> None:
-        """Read channel-layer messages in order, beside the frame worker."""
-        receive, name = self.channel_layer.receive, self.channel_name
+        """Read channel-layer messages in order, beside the frame worker.
+
+        If the layer fails (a Redis restart), the failure is logged once, the
+        read is retried with backoff, and the groups are joined again (a
+        restarted Redis may have lost them) before reading resumes.
+        """
+        layer, name = self.channel_layer, self.channel_name
+        failing, delay = False, 0.05
         while True:
-            message = await receive(name)
+            try:
+                if failing:
+                    for group in self.groups:
+                        await layer.group_add(group, name)
+                    logger.warning("Channel layer recovered", extra=_log_context(self))
+                    failing, delay = False, 0.05
+                message = await layer.receive(name)
+            except Exception:
+                if not failing:
+                    logger.exception("Channel layer failed; retrying", extra=_log_context(self))
+                    failing = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
             try:
                 kind = message.get("type")
                 if kind == _GROUP_TYPE:
