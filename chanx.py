@@ -443,6 +443,14 @@ class EventCompleteMessage(BaseMessage):
     payload: None = None
 
 
+_COMPLETE, _GROUP_COMPLETE, _EVENT_COMPLETE = (
+    CompleteMessage(),
+    GroupCompleteMessage(),
+    EventCompleteMessage(),
+)
+_COMPLETION_TEXT: dict[str, str] = {
+    m.action: m.model_dump_json() for m in (_COMPLETE, _GROUP_COMPLETE, _EVENT_COMPLETE)
+}
 _BUILTIN_OUTGOING: tuple[type[BaseMessage], ...] = (
     AuthenticationMessage,
     ErrorMessage,
@@ -450,9 +458,6 @@ _BUILTIN_OUTGOING: tuple[type[BaseMessage], ...] = (
     GroupCompleteMessage,
     EventCompleteMessage,
 )
-_COMPLETE_TEXT = CompleteMessage().model_dump_json()
-_GROUP_COMPLETE_TEXT = GroupCompleteMessage().model_dump_json()
-_EVENT_COMPLETE_TEXT = EventCompleteMessage().model_dump_json()
 
 
 def _message_types(spec: Any) -> list[type[BaseModel]]:
@@ -471,15 +476,15 @@ def _message_types(spec: Any) -> list[type[BaseModel]]:
     raise ChanxConfigError(f"Expected a message class or a union of them, but got {spec!r}.")
 
 
-def _union_adapter(models: Sequence[type[BaseModel]], key: str) -> TypeAdapter[Any] | None:
-    """One adapter for all accepted models: discriminated on ``key`` when 2+."""
+def _union_adapter(models: Sequence[type[BaseModel]]) -> TypeAdapter[Any] | None:
+    """One adapter for all accepted models: discriminated on ``action`` when 2+."""
     if not models:
         return None
     if len(models) == 1:  # never a discriminator on a single type (chanx#9)
         return TypeAdapter(models[0])
     annotated: Any = Annotated  # the union is built at run time from the consumer's types
     union = functools.reduce(operator.or_, models)
-    return TypeAdapter(annotated[union, Field(discriminator=key)])
+    return TypeAdapter(annotated[union, Field(discriminator="action")])
 
 
 # camelCase on the way out, snake_case on the way in, with no extra package.
@@ -505,6 +510,22 @@ def _convert_keys(value: Any, convert: Callable[[str], str]) -> Any:
     if isinstance(value, list):
         return [_convert_keys(v, convert) for v in value]
     return value
+
+
+def _to_wire(data: Any, camelize: bool, key: str) -> Any:
+    """Python-side JSON -> what the client sees (``CAMELIZE``, ``MESSAGE_ACTION_KEY``)."""
+    if camelize:
+        data = _convert_keys(data, _to_camel)
+    if key != "action" and isinstance(data, dict) and "action" in data:
+        data = {(key if k == "action" else k): v for k, v in data.items()}
+    return data
+
+
+def _from_wire(data: Any, camelize: bool, key: str) -> Any:
+    """The client's JSON -> the field names of the message models."""
+    if key != "action" and isinstance(data, dict) and key in data:
+        data = {("action" if k == key else k): v for k, v in data.items()}
+    return _convert_keys(data, _to_snake) if camelize else data
 
 
 _FIELD_NAME = re.compile(r"[A-Za-z_][\w-]{0,63}")
@@ -971,11 +992,10 @@ class _ConsumerMeta:
     adapters: dict[str, TypeAdapter[Any] | None] = dataclasses.field(default_factory=dict)
 
     def adapter(self, which: Literal["incoming", "events"]) -> TypeAdapter[Any] | None:
-        key = chanx_settings.MESSAGE_ACTION_KEY
-        cache_key = f"{which}:{key}"
-        if cache_key not in self.adapters:
-            self.adapters[cache_key] = _union_adapter(getattr(self, which), key)
-        return self.adapters[cache_key]
+        """The cached adapter over the accepted messages or events (built on first use)."""
+        if which not in self.adapters:
+            self.adapters[which] = _union_adapter(getattr(self, which))
+        return self.adapters[which]
 
 
 def _build_meta(cls: type[AsyncJsonWebsocketConsumer[Any]]) -> _ConsumerMeta:
@@ -1084,6 +1104,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     _tokens: float
     _last_refill: float
     _incoming: TypeAdapter[Any] | None
+    _action_key: str
+    _plain_wire: bool  # no key translation: validate and dump JSON text directly
     _chanx_authenticator: ClassVar[type[ChanxWebsocketAuthenticator] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -1138,7 +1160,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         if self._rate is not None and not self._take_token(self._rate):
             await self.on_bad_frame("Rate limit exceeded; slow down.")
             if self.send_completion:
-                await self._send_text(_COMPLETE_TEXT)
+                await self._send_complete(_COMPLETE)
             return
         self._frames.append(message)
         self._pending += 1
@@ -1183,7 +1205,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         else:
             await self._dispatch_text(text)
         if self.send_completion:
-            await self._send_text(_COMPLETE_TEXT)
+            await self._send_complete(_COMPLETE)
 
     async def _dispatch_text(self, text: str) -> None:
         adapter = self._incoming
@@ -1191,14 +1213,15 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             await self.on_bad_frame("This endpoint does not accept messages.")
             return
         try:
-            if self.camelize:
-                message = adapter.validate_python(_convert_keys(json.loads(text), _to_snake))
-            else:
+            if self._plain_wire:
                 message = adapter.validate_json(text)
+            else:
+                data = _from_wire(json.loads(text), self._camelize, self._action_key)
+                message = adapter.validate_python(data)
         except ValidationError as exc:
             await self.on_validation_error(exc)
             return
-        except (ValueError, RecursionError):  # json.loads, on the camelize path
+        except (ValueError, RecursionError):  # json.loads, when keys are translated
             await self.on_bad_frame("Invalid JSON.")
             return
         action = message.action
@@ -1258,7 +1281,9 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         self.log_received_message = _resolve(self.log_received_message, "LOG_RECEIVED_MESSAGE")
         self.log_sent_message = _resolve(self.log_sent_message, "LOG_SENT_MESSAGE")
         self._ignored = frozenset(_resolve(self.log_ignored_actions, "LOG_IGNORED_ACTIONS"))
-        self.camelize = _resolve(self.camelize, "CAMELIZE")
+        self._camelize: bool = _resolve(self.camelize, "CAMELIZE")
+        self._action_key = chanx_settings.MESSAGE_ACTION_KEY
+        self._plain_wire = not self._camelize and self._action_key == "action"
         self._max_size = chanx_settings.MAX_MESSAGE_SIZE
         self._max_in_flight = max(1, chanx_settings.MAX_IN_FLIGHT_MESSAGES)
         self._rate = chanx_settings.RATE_LIMIT
@@ -1397,17 +1422,23 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     async def send_message(self, message: BaseMessage) -> None:
         """Serialise a message and send it to this client."""
-        if self.camelize:
-            text = json.dumps(_convert_keys(message.model_dump(mode="json"), _to_camel))
-        else:
-            text = message.model_dump_json()
+        await self._send_text(self._dump(message), message.action)
+
+    def _dump(self, message: BaseModel, exclude: set[str] | None = None) -> str:
+        if self._plain_wire:
+            return message.model_dump_json(exclude=exclude)
+        data = message.model_dump(mode="json", exclude=exclude)
+        return json.dumps(_to_wire(data, self._camelize, self._action_key))
+
+    async def _send_complete(self, message: BaseMessage) -> None:
+        text = _COMPLETION_TEXT[message.action] if self._plain_wire else self._dump(message)
         await self._send_text(text, message.action)
 
     async def send_json(self, content: Any, close: bool = False) -> None:
-        """Send any JSON-serialisable content (camelized when enabled)."""
-        if self.camelize:
-            content = _convert_keys(content, _to_camel)
+        """Send any JSON-serialisable content (keys translated like messages)."""
         action = content.get("action") if isinstance(content, dict) else None
+        if not self._plain_wire:
+            content = _to_wire(content, self._camelize, self._action_key)
         await self._send_text(json.dumps(content), action)
         if close:
             await self.close()
@@ -1446,12 +1477,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                 f"{type(message).__name__} is not in {type(self).__name__}."
                 f"OUTGOING_GROUP_MESSAGE_SCHEMA ({names})."
             )
-        flags = {"is_mine", "is_current"}
-        if self.camelize:
-            data = message.model_dump(mode="json", exclude=flags)
-            text = json.dumps(_convert_keys(data, _to_camel))
-        else:
-            text = message.model_dump_json(exclude=flags)
+        text = self._dump(message, exclude={"is_mine", "is_current"})
         await self._send_to_groups_text(text, message.action, groups, exclude_current)
 
     async def send_to_groups(
@@ -1462,11 +1488,10 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         exclude_current: bool = True,
     ) -> None:
         """Send a JSON object to groups, relayed like ``send_group_message``."""
-        if self.camelize:
-            content = _convert_keys(content, _to_camel)
-        await self._send_to_groups_text(
-            json.dumps(content), content.get("action"), groups, exclude_current
-        )
+        action = content.get("action")
+        if not self._plain_wire:
+            content = _to_wire(content, self._camelize, self._action_key)
+        await self._send_to_groups_text(json.dumps(content), action, groups, exclude_current)
 
     async def _send_to_groups_text(
         self, text: str, action: Any, groups: str | Iterable[str] | None, exclude: bool
@@ -1529,7 +1554,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         is_mine = sender is not None and sender == self._user_key
         mine_key, current_key = (
             ("isMine", "isCurrent")
-            if self.camelize
+            if self._camelize
             else (
                 "is_mine",
                 "is_current",
@@ -1542,7 +1567,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         )
         await self._send_text(text[:-1] + ("," if len(text) > 2 else "") + flags, message["action"])
         if self.send_completion:
-            await self._send_text(_GROUP_COMPLETE_TEXT)
+            await self._send_complete(_GROUP_COMPLETE)
 
     async def _dispatch_custom(self, message: ASGIMessage) -> None:
         """Channels-style ``type`` -> method dispatch for other layer messages."""
@@ -1579,7 +1604,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         except Exception:
             logger.exception("Event handler failed", extra=_log_context(self, action=event.action))
         if self.send_completion:
-            await self._send_text(_EVENT_COMPLETE_TEXT)
+            await self._send_complete(_EVENT_COMPLETE)
 
     @classmethod
     def _event_message(cls, event: Any) -> ASGIMessage:
@@ -2213,9 +2238,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
     async def send_message(self, message: BaseMessage) -> None:
         """Send a message as a client would (camelized when ``CAMELIZE`` is on)."""
         data = message.model_dump(mode="json")
-        if chanx_settings.CAMELIZE:
-            data = _convert_keys(data, _to_camel)
-        await self.send_json_to(data)
+        await self.send_json_to(
+            _to_wire(data, chanx_settings.CAMELIZE, chanx_settings.MESSAGE_ACTION_KEY)
+        )
 
     async def receive_json_from(self, timeout: float = 1.0) -> Any:
         """The next frame, decoded; fails if none arrives within ``timeout``."""
@@ -2291,8 +2316,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
 
     def to_message(self, data: Any) -> BaseMessage:
         """A received frame as its message class (the consumer's types first)."""
-        if chanx_settings.CAMELIZE:
-            data = _convert_keys(data, _to_snake)
+        data = _from_wire(data, chanx_settings.CAMELIZE, chanx_settings.MESSAGE_ACTION_KEY)
         action = data.get("action") if isinstance(data, dict) else None
         meta = getattr(self.consumer, "_chanx_meta", None)
         declared = [m for m in (meta.outgoing if meta else ()) if action in _message_actions(m)]
