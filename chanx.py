@@ -128,6 +128,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from rest_framework import serializers
 from rest_framework.request import ForcedAuthentication, Request
 from rest_framework.response import Response
+from typing_extensions import TypeVar as TypeVar_
 
 #: Actions of the built-in completion frames.
 ACTION_COMPLETE = "complete"
@@ -148,7 +149,9 @@ _EVENT_TYPE = "chanx.event"
 _FORCE_USER_KEY = "chanx.force_user"
 
 T = TypeVar("T")
-EventT = TypeVar("EventT")
+# A default, so ``class C(AsyncJsonWebsocketConsumer)`` (no events) is fine under
+# mypy --strict; typing_extensions comes with pydantic.
+EventT = TypeVar_("EventT", default=Any)
 Scope = dict[str, Any]
 ASGIMessage = dict[str, Any]
 
@@ -1432,7 +1435,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     async def _send_complete(self, message: BaseMessage) -> None:
         text = _COMPLETION_TEXT[message.action] if self._plain_wire else self._dump(message)
-        await self._send_text(text, message.action)
+        await self._send_text(text)  # completion frames are not logged
 
     async def send_json(self, content: Any, close: bool = False) -> None:
         """Send any JSON-serialisable content (keys translated like messages)."""
@@ -1448,7 +1451,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             return
         await self.base_send({"type": "websocket.send", "text": text})
         if (
-            self.log_sent_message
+            action is not None
+            and self.log_sent_message
             and action not in self._ignored
             and logger.isEnabledFor(logging.INFO)
         ):
@@ -2375,9 +2379,9 @@ class WebsocketTestCase(TestCase):
     users or tabs. Every communicator is disconnected when the test ends.
     """
 
-    ws_path: ClassVar[str] = ""
-    consumer: ClassVar[type[Any] | None] = None
-    application: ClassVar[Any] = None
+    ws_path: str = ""
+    consumer: type[Any] | None = None
+    application: Any = None
 
     def __init__(self, methodName: str = "runTest") -> None:
         super().__init__(methodName)
