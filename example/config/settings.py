@@ -1,0 +1,138 @@
+"""Settings for the chanx example project.
+
+Environment variables:
+  DJANGO_DEBUG            "0"/"false" turns DEBUG off (default: on).
+  DJANGO_SECRET_KEY       secret key (default: an insecure development key).
+  SQLITE_PATH             SQLite database file (default: example/db.sqlite3).
+  REDIS_URL               use channels_redis instead of the in-memory channel layer.
+  ASSISTANT_TOKEN_DELAY   seconds the fake assistant waits between tokens (default 0.05).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in {"0", "false", "no", "off", ""}
+
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+SECRET_KEY = os.environ.get(
+    "DJANGO_SECRET_KEY", "django-insecure-chanx-example-do-not-use-in-production"
+)
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+
+INSTALLED_APPS = [
+    "daphne",  # first, so `manage.py runserver` serves the ASGI application
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "assistants",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("SQLITE_PATH") or BASE_DIR / "db.sqlite3",
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.environ.get("REDIS_URL")
+CHANNEL_LAYERS: dict[str, Any] = (
+    {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+    if REDIS_URL
+    else {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+)
+
+REST_FRAMEWORK = {
+    # Token first: DRF takes the WWW-Authenticate header from the first class,
+    # so anonymous clients get 401 (log in) rather than 403 (not allowed).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+}
+
+CHANX = {
+    # Follow each client frame with {"action": "complete"} (relayed group
+    # messages with "group_complete", events with "event_complete"): clients,
+    # the playground and the tests know when the server is done with something.
+    "SEND_COMPLETION": True,
+    # {"action": "authentication", ...} is the first frame of every connection.
+    "SEND_AUTHENTICATION_MESSAGE": True,
+    # Keep chatty actions out of the log.
+    "LOG_IGNORED_ACTIONS": ["ping", "pong", "complete", "group_complete", "event_complete"],
+    "ASYNCAPI_TITLE": "chanx example",
+    "ASYNCAPI_DESCRIPTION": "Echo assistant, streaming assistant and chat rooms.",
+}
+
+# The fake assistant streams its reply one word at a time, this long apart.
+ASSISTANT_TOKEN_DELAY = float(os.environ.get("ASSISTANT_TOKEN_DELAY", "0.05"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "chanx.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "loggers": {"chanx": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+}
+
+AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []  # demo passwords are simple
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "index"
+LOGOUT_REDIRECT_URL = "index"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
