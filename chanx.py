@@ -125,6 +125,7 @@ from django.test import TestCase
 from django.urls import path as _django_path
 from django.urls import re_path as _django_re_path
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 from rest_framework import serializers
 from rest_framework.request import ForcedAuthentication, Request
 from rest_framework.response import Response
@@ -144,6 +145,8 @@ CLOSE_SERVER_ERROR = 4500
 #: Channel-layer message types chanx sends between consumers.
 _GROUP_TYPE = "chanx.group"
 _EVENT_TYPE = "chanx.event"
+#: Stands in the frame queue for a frame refused by the rate limit.
+_RATE_LIMITED: dict[str, Any] = {"type": "websocket.receive", "chanx": "rate limited"}
 #: Scope key the test communicator uses to force the authenticated user.
 #: Scopes are built by the server and middleware, never by the client.
 _FORCE_USER_KEY = "chanx.force_user"
@@ -526,15 +529,17 @@ def _to_wire(data: Any, camelize: bool, key: str) -> Any:
 
 def _from_wire(data: Any, camelize: bool, key: str) -> Any:
     """The client's JSON -> the field names of the message models."""
-    if key != "action" and isinstance(data, dict) and key in data:
-        data = {("action" if k == key else k): v for k, v in data.items()}
+    if key != "action" and isinstance(data, dict):  # only the configured key counts
+        data = {("action" if k == key else k): v for k, v in data.items() if k != "action"}
     return _convert_keys(data, _to_snake) if camelize else data
 
 
 _FIELD_NAME = re.compile(r"[A-Za-z_][\w-]{0,63}")
 
 
-def _clean_errors(error: ValidationError, limit: int = 20) -> list[dict[str, Any]]:
+def _clean_errors(
+    error: ValidationError, key: str = "action", limit: int = 20
+) -> list[dict[str, Any]]:
     """Pydantic errors a client may see: no input echoed, bounded in size.
 
     Pydantic's text for an unknown tag repeats the client's value, and a
@@ -547,7 +552,7 @@ def _clean_errors(error: ValidationError, limit: int = 20) -> list[dict[str, Any
             expected = item.get("ctx", {}).get("expected_tags", "")
             msg = f"Unknown action; expected one of: {expected}"
         elif kind == "union_tag_not_found":
-            msg = "Missing 'action' field"
+            msg = f"Missing {key!r} field"
         loc = [
             part if not isinstance(part, str) or _FIELD_NAME.fullmatch(part) else "<key>"
             for part in item["loc"][:10]
@@ -670,6 +675,11 @@ def _build_request(scope: Scope, method: str) -> HttpRequest:
     name and port; ``wss`` becomes ``https`` so ``is_secure()`` is right.
     """
     http_scope = dict(scope)
+    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"cookie"]
+    cookies = [v for k, v in scope.get("headers", ()) if k.lower() == b"cookie"]
+    if cookies:  # HTTP/2 splits cookies over headers; they join with "; "
+        headers.append((b"cookie", b"; ".join(cookies)))
+    http_scope["headers"] = headers
     http_scope["type"] = "http"
     http_scope["method"] = method.upper()
     http_scope["scheme"] = _HTTP_SCHEMES.get(scope.get("scheme", "ws"), "http")
@@ -1125,6 +1135,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         self.authenticator: Any = None
         self._closed = False
         self._open = False  # authenticated and reading frames
+        self._left = False  # tasks stopped and groups left
+        self._relayed: deque[str] = deque(maxlen=256)  # ids of multi-group messages
         self._frames: deque[ASGIMessage] = deque()
         self._pending = 0
         self._room: asyncio.Event | None = None
@@ -1161,10 +1173,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     async def _accept_frame(self, message: ASGIMessage) -> None:
         if self._rate is not None and not self._take_token(self._rate):
-            await self.on_bad_frame("Rate limit exceeded; slow down.")
-            if self.send_completion:
-                await self._send_complete(_COMPLETE)
-            return
+            message = _RATE_LIMITED  # answered in order, its text dropped at once
         self._frames.append(message)
         self._pending += 1
         if self._worker is None or self._worker.done():
@@ -1201,10 +1210,13 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     async def _handle_frame(self, message: ASGIMessage) -> None:
         text = message.get("text")
-        if text is None:
+        limit = self._max_size
+        if message is _RATE_LIMITED:
+            await self.on_bad_frame("Rate limit exceeded; slow down.")
+        elif text is None:
             await self.on_bad_frame("Binary frames are not supported; send JSON text.")
-        elif len(text) > self._max_size and len(text.encode()) > self._max_size:
-            await self.on_bad_frame(f"Message too large; the limit is {self._max_size} bytes.")
+        elif len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+            await self.on_bad_frame(f"Message too large; the limit is {limit} bytes.")
         else:
             await self._dispatch_text(text)
         if self.send_completion:
@@ -1255,16 +1267,17 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     async def _leave(self) -> None:
         """Cancel and await this connection's tasks, then leave its groups (once)."""
-        self._closed = True
+        if self._left:
+            return
+        self._closed = self._left = True
         tasks = [t for t in (self._worker, self._layer_reader) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._frames.clear()
-        groups, self.groups = self.groups, []
         if self.channel_layer is not None:
-            for group in groups:
+            for group in self.groups:  # the list stays, for disconnect()
                 try:
                     await self.channel_layer.group_discard(group, self.channel_name)
                 except Exception:
@@ -1312,8 +1325,6 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                 if getattr(self.user, "is_authenticated", False):
                     self._user_key = str(self.user.pk)
                 await self.add_groups()
-                if self.channel_layer is not None:
-                    self._layer_reader = asyncio.create_task(self._read_layer())
                 await self.post_authentication()
         except Exception:
             logger.exception("Websocket authentication failed", extra=_log_context(self))
@@ -1328,6 +1339,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             await self.send_message(AuthenticationMessage(payload=payload))
         if result.is_authenticated:
             self._open = True
+            if self.channel_layer is not None:  # group traffic only after the auth frame
+                self._layer_reader = asyncio.create_task(self._read_layer())
             if logger.isEnabledFor(logging.INFO):
                 logger.info("Websocket connected", extra=_log_context(self))
         else:
@@ -1407,7 +1420,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     async def on_validation_error(self, error: ValidationError) -> None:
         """A frame failed validation; sends the errors (without input echo)."""
-        await self.send_message(ErrorMessage(payload=_clean_errors(error)))
+        await self.send_message(ErrorMessage(payload=_clean_errors(error, self._action_key)))
 
     async def on_bad_frame(self, detail: str) -> None:
         """A frame could not be read (binary, too large, ...); sends the detail."""
@@ -1510,7 +1523,10 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             "from_user": self._user_key,
             "exclude_current": exclude,
         }
-        for group in _group_list(self.groups if groups is None else groups):
+        targets = _group_list(self.groups if groups is None else groups)
+        if len(targets) > 1:  # a member of several of them gets it once
+            message["id"] = uuid.uuid4().hex
+        for group in targets:
             await self.channel_layer.group_send(group, message)
 
     async def _read_layer(self) -> None:
@@ -1554,6 +1570,10 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         is_current = message["from_channel"] == self.channel_name
         if is_current and message["exclude_current"]:
             return
+        if "id" in message:
+            if message["id"] in self._relayed:
+                return
+            self._relayed.append(message["id"])
         sender = message["from_user"]
         is_mine = sender is not None and sender == self._user_key
         mine_key, current_key = (
@@ -1621,10 +1641,10 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                 f"{cls.__name__} does not accept {type(event).__name__} events; "
                 f"it accepts: {accepted}."
             )
-        data = event.model_dump(mode="json")  # UUID, datetime, Decimal survive msgpack
         try:
+            data = event.model_dump(mode="json")  # UUID, datetime, Decimal survive msgpack
             adapter.validate_python(data)
-        except ValidationError as exc:
+        except (ValidationError, PydanticSerializationError) as exc:
             raise InvalidEventError(f"Invalid {type(event).__name__}: {exc}") from exc
         return {"type": _EVENT_TYPE, "event": data}
 
@@ -1734,6 +1754,16 @@ class RouteInfo:
     def address(self) -> str:
         """The path with AsyncAPI-style ``{param}`` placeholders."""
         return re.sub(r"<(\w+)>", r"{\1}", self.path)
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """The path parameters when ``path`` is this endpoint's, else None."""
+        parts = re.split(r"<(\w+)>", self.path)
+        regex = "".join(
+            f"(?P<{part}>{self.path_params.get(part, '[^/]+')})" if i % 2 else re.escape(part)
+            for i, part in enumerate(parts)
+        )
+        found = re.fullmatch(regex, path)
+        return found.groupdict() if found else None
 
     @property
     def incoming(self) -> tuple[type[BaseModel], ...]:
@@ -2157,6 +2187,18 @@ def capture_events(
         _CAPTURES.remove(entry)
 
 
+def _consumer_at(application: Any, path: str) -> type[Any] | None:
+    """The consumer class ``application`` routes ``path`` to, if it can be found."""
+    if getattr(application, "consumer_class", None) is not None:
+        found: type[Any] = application.consumer_class
+        return found
+    try:
+        routes = discover_routes(application)
+    except Exception:  # an application chanx cannot walk
+        return None
+    return next((r.consumer for r in routes if r.match(path) is not None), None)
+
+
 class WebsocketCommunicator(ApplicationCommunicator):
     """Drives a websocket application in tests; every wait ends on a frame or a timeout.
 
@@ -2193,7 +2235,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
         if user is not None:
             scope[_FORCE_USER_KEY] = user
         super().__init__(application, scope)  # type: ignore[no-untyped-call]
-        self.consumer = consumer
+        self.consumer = consumer or _consumer_at(application, scope["path"])
         self.received: list[Any] = []  # every frame read, for failure messages
         self.connected = False
 
@@ -2239,12 +2281,16 @@ class WebsocketCommunicator(ApplicationCommunicator):
     async def send_json_to(self, data: Any) -> None:
         await self.send_to(text_data=json.dumps(data))
 
+    def _wire(self) -> tuple[bool, str]:
+        """(camelize, action key) as the consumer under test sees the wire."""
+        camelize = getattr(self.consumer, "camelize", None)
+        if camelize is None:
+            camelize = chanx_settings.CAMELIZE
+        return bool(camelize), chanx_settings.MESSAGE_ACTION_KEY
+
     async def send_message(self, message: BaseMessage) -> None:
-        """Send a message as a client would (camelized when ``CAMELIZE`` is on)."""
-        data = message.model_dump(mode="json")
-        await self.send_json_to(
-            _to_wire(data, chanx_settings.CAMELIZE, chanx_settings.MESSAGE_ACTION_KEY)
-        )
+        """Send a message as a client would (``CAMELIZE``, ``MESSAGE_ACTION_KEY``)."""
+        await self.send_json_to(_to_wire(message.model_dump(mode="json"), *self._wire()))
 
     async def receive_json_from(self, timeout: float = 1.0) -> Any:
         """The next frame, decoded; fails if none arrives within ``timeout``."""
@@ -2287,7 +2333,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
                 )
             data = json.loads(response.get("text") or "null")
             self.received.append(data)
-            if isinstance(data, dict) and data.get("action") == action:
+            if isinstance(data, dict) and data.get(self._wire()[1]) == action:
                 if inclusive:
                     frames.append(data)
                 return frames
@@ -2320,7 +2366,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
 
     def to_message(self, data: Any) -> BaseMessage:
         """A received frame as its message class (the consumer's types first)."""
-        data = _from_wire(data, chanx_settings.CAMELIZE, chanx_settings.MESSAGE_ACTION_KEY)
+        data = _from_wire(data, *self._wire())
         action = data.get("action") if isinstance(data, dict) else None
         meta = getattr(self.consumer, "_chanx_meta", None)
         declared = [m for m in (meta.outgoing if meta else ()) if action in _message_actions(m)]
@@ -2336,9 +2382,13 @@ class WebsocketCommunicator(ApplicationCommunicator):
     async def assert_authenticated_status_ok(self, timeout: float = 1.0) -> None:
         """The next frame is the authentication frame with status 200."""
         frame = await self.receive_json_from(timeout)
-        payload = frame.get("payload") if isinstance(frame, dict) else None
-        key = "statusCode" if chanx_settings.CAMELIZE else "status_code"
-        if frame.get("action") != "authentication" or (payload or {}).get(key) != 200:
+        data = _from_wire(frame, *self._wire())
+        ok = isinstance(data, dict) and data.get("action") == "authentication"
+        if (
+            not ok
+            or not isinstance(data.get("payload"), dict)
+            or (data["payload"].get("status_code") != 200)
+        ):
             raise AssertionError(f"Expected a successful authentication frame, got {frame}")
 
     async def assert_closed(self, code: int | None = None, timeout: float = 1.0) -> None:
@@ -2353,7 +2403,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
             if response["type"] == "websocket.close":
                 got = response.get("code", 1000)
                 if code is not None and got != code:
-                    raise AssertionError(f"Closed with code {got}, expected {code}.")
+                    raise AssertionError(
+                        f"Closed with code {got}, expected {code}; received: {self.received}"
+                    )
                 self.connected = False
                 return
             self.received.append(json.loads(response.get("text") or "null"))

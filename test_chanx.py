@@ -1,0 +1,2715 @@
+"""The test suite of chanx.py.
+
+Run with ``.venv/bin/python -m pytest test_chanx.py -q`` from the repository
+root (pyproject.toml points pytest-django at the example project's settings).
+
+The file reads top to bottom like chanx.py: the messages and consumers the
+tests drive, shared helpers and fixtures, then one block per part of the
+library (``grep '^# .* ####' test_chanx.py`` is the table of contents).
+
+Conventions:
+
+- Every wait ends on a frame or a timeout (chanx's communicator helpers,
+  ``asyncio.wait_for`` on an ``asyncio.Event``, or ``wait_until`` which yields
+  to the event loop until a condition holds); there is no fixed sleep.
+- Consumers report what they did to ``PROBE``, a fresh ``Probe`` per test.
+- A failing test that documents a chanx.py bug is kept, marked
+  ``xfail(strict=True, reason="chanx bug: ...")``: it flips when fixed.
+"""
+
+import asyncio
+import datetime
+import decimal
+import http
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import types
+import unittest
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.auth import AuthMiddlewareStack
+from channels.layers import get_channel_layer
+from channels.routing import ProtocolTypeRouter, URLRouter
+from channels.security.websocket import OriginValidator
+from channels.sessions import CookieMiddleware
+from channels.testing import WebsocketCommunicator as ChannelsCommunicator
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core import checks
+from django.core.handlers.asgi import ASGIRequest
+from django.db import connections
+from django.db.backends.signals import connection_created
+from django.test import Client, override_settings
+from pydantic import BaseModel, Field
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.authtoken.models import Token
+from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
+
+import chanx
+from assistants.messages import AssistantIncomingMessage, MessagePayload, NewMessage, ReplyMessage
+from assistants.models import Conversation
+from assistants.permissions import ConversationOwner
+from chanx import (
+    ACTION_COMPLETE,
+    EVENT_ACTION_COMPLETE,
+    GROUP_ACTION_COMPLETE,
+    AsyncJsonWebsocketConsumer,
+    BaseChannelEvent,
+    BaseGroupMessage,
+    BaseMessage,
+    ChanxConfigError,
+    DjangoAuthenticator,
+    InvalidEventError,
+    PingMessage,
+    PongMessage,
+    WebsocketCommunicator,
+    WebsocketTestCase,
+    capture_events,
+    chanx_settings,
+    event_handler,
+    path,
+    re_path,
+    ws_handler,
+)
+
+User = get_user_model()
+REPO = Path(__file__).resolve().parent
+
+#: Async tests touch the database from the ORM's worker thread, so they need
+#: real commits (and a flush afterwards), not a wrapping transaction.
+db = pytest.mark.django_db(transaction=True)
+
+
+###############################################################################
+# Messages used by the tests ##################################################
+###############################################################################
+
+
+# Seed 000's messages are the example project's own (assistants/messages.py).
+# Defining a second "reply" class here would change what the example's tests
+# read: WebsocketCommunicator.to_message picks, for an action its consumer does
+# not declare, the most recently defined class of that action in the process.
+
+
+class EchoMessage(BaseMessage):
+    action: Literal["echo"] = "echo"
+    payload: int
+
+
+class EchoReply(BaseMessage):
+    action: Literal["echo_reply"] = "echo_reply"
+    payload: int
+
+
+class TextMessage(BaseMessage):
+    action: Literal["text"] = "text"
+    payload: str
+
+
+class TextReply(BaseMessage):
+    action: Literal["text_reply"] = "text_reply"
+    payload: int  # the length of the text received
+
+
+class BlockMessage(BaseMessage):
+    """Its handler waits on ``PROBE.gate``."""
+
+    action: Literal["block"] = "block"
+    payload: int = 0
+
+
+class BlockReply(BaseMessage):
+    action: Literal["block_reply"] = "block_reply"
+    payload: int = 0
+
+
+class BoomMessage(BaseMessage):
+    """Its handler raises an exception whose text must never reach the client."""
+
+    action: Literal["boom"] = "boom"
+
+
+class CloseMeMessage(BaseMessage):
+    action: Literal["close_me"] = "close_me"
+
+
+class WhoAmIMessage(BaseMessage):
+    action: Literal["whoami"] = "whoami"
+
+
+class WhoAmIReply(BaseMessage):
+    action: Literal["whoami_reply"] = "whoami_reply"
+    payload: str
+
+
+class DbProbeMessage(BaseMessage):
+    action: Literal["db_probe"] = "db_probe"
+
+
+class DbProbeReply(BaseMessage):
+    action: Literal["db_probe_reply"] = "db_probe_reply"
+    payload: int
+
+
+class SayPayload(BaseModel):
+    text: str
+    exclude_current: bool = True
+
+
+class SayMessage(BaseMessage):
+    action: Literal["say"] = "say"
+    payload: SayPayload
+
+
+class ChatGroupMessage(BaseGroupMessage):
+    action: Literal["chat"] = "chat"
+    payload: str
+
+
+class OtherGroupMessage(BaseGroupMessage):
+    action: Literal["other_chat"] = "other_chat"
+    payload: str
+
+
+class DeepItem(BaseModel):
+    deep_value: int
+
+
+class InnerItem(BaseModel):
+    list_of_things: list[DeepItem]
+
+
+class NestedPayload(BaseModel):
+    some_field: int
+    inner_item: InnerItem
+
+
+class CamelMessage(BaseMessage):
+    action: Literal["camel_message"] = "camel_message"
+    payload: NestedPayload
+
+
+class CamelReply(BaseMessage):
+    action: Literal["camel_reply"] = "camel_reply"
+    payload: NestedPayload
+
+
+# Server-side events.
+
+
+class NotifyEvent(BaseChannelEvent):
+    action: Literal["notify"] = "notify"
+    payload: str
+
+
+class NotifyMessage(BaseMessage):
+    action: Literal["notified"] = "notified"
+    payload: str
+
+
+class RichPayload(BaseModel):
+    uid: uuid.UUID
+    at: datetime.datetime
+    amount: decimal.Decimal
+
+
+class RichEvent(BaseChannelEvent):
+    action: Literal["rich"] = "rich"
+    payload: RichPayload
+
+
+class RichMessage(BaseMessage):
+    action: Literal["rich_message"] = "rich_message"
+    payload: RichPayload
+
+
+class FailEvent(BaseChannelEvent):
+    """Its handler raises."""
+
+    action: Literal["fail"] = "fail"
+
+
+class CountEvent(BaseChannelEvent):
+    action: Literal["count"] = "count"
+    payload: int = Field(ge=0)
+
+
+class UnacceptedEvent(BaseChannelEvent):
+    action: Literal["unaccepted"] = "unaccepted"
+
+
+RoomEvent = NotifyEvent | RichEvent | FailEvent | CountEvent
+
+
+###############################################################################
+# Consumers used by the tests #################################################
+###############################################################################
+
+
+class Probe:
+    """What the test consumers did, and the switches the tests hold them with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.gate = asyncio.Event()  # "block" handlers and gated hooks wait on it
+        self.entered = asyncio.Event()  # set when a "block" handler starts
+        self.entries = 0
+        self.active = 0
+        self.max_active = 0
+        self.consumers: list[AsyncJsonWebsocketConsumer[Any]] = []
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def values(self, name: str) -> list[Any]:
+        return [value for call, value in self.calls if call == name]
+
+
+PROBE = Probe()
+
+
+class AssistantConsumer(AsyncJsonWebsocketConsumer):
+    """Seed 000, as written: the early container style and ``receive_message``."""
+
+    INCOMING_MESSAGE_SCHEMA = AssistantIncomingMessage
+    permission_classes = [IsAuthenticated]
+
+    async def receive_message(self, message: BaseMessage, **kwargs: Any) -> None:
+        match message:
+            case PingMessage():
+                # Reply with a PONG message
+                await self.send_message(PongMessage())
+            case NewMessage(payload=new_message_payload):
+                # Echo back with a reply message
+                await self.send_message(
+                    ReplyMessage(
+                        payload=MessagePayload(content=f"Reply: {new_message_payload.content}")
+                    )
+                )
+            case _:
+                pass
+
+
+class HandlerConsumer(AsyncJsonWebsocketConsumer):
+    """Seed 003 style: decorated handlers only."""
+
+    permission_classes = [AllowAny]
+
+    @ws_handler(summary="Handle ping requests", description="Ping-pong for connectivity")
+    async def handle_ping(self, message: PingMessage) -> PongMessage:
+        return PongMessage()
+
+    @ws_handler
+    async def handle_echo(self, message: EchoMessage) -> EchoReply:
+        return EchoReply(payload=message.payload * 2)
+
+
+class MixedConsumer(AsyncJsonWebsocketConsumer):
+    """Both styles in one class: a container plus decorated handlers."""
+
+    INCOMING_MESSAGE_SCHEMA = AssistantIncomingMessage
+    permission_classes = [AllowAny]
+
+    @ws_handler
+    async def handle_ping(self, message: PingMessage) -> PongMessage:
+        PROBE.calls.append(("handler", message.action))
+        return PongMessage()
+
+    @ws_handler
+    async def handle_echo(self, message: EchoMessage) -> EchoReply:
+        PROBE.calls.append(("handler", message.action))
+        return EchoReply(payload=message.payload)
+
+    async def receive_message(self, message: BaseMessage, **kwargs: Any) -> None:
+        PROBE.calls.append(("receive_message", message.action))
+        if isinstance(message, NewMessage):
+            content = f"Reply: {message.payload.content}"
+            await self.send_message(ReplyMessage(payload=MessagePayload(content=content)))
+
+
+class WorkConsumer(AsyncJsonWebsocketConsumer[NotifyEvent]):
+    """The workhorse: echo, slow, failing and closing handlers, a group, an event."""
+
+    permission_classes = [AllowAny]
+    groups = ["work"]
+
+    async def post_authentication(self) -> None:
+        PROBE.consumers.append(self)
+
+    @ws_handler
+    async def handle_echo(self, message: EchoMessage) -> EchoReply:
+        PROBE.calls.append(("echo", message.payload))
+        return EchoReply(payload=message.payload)
+
+    @ws_handler
+    async def handle_text(self, message: TextMessage) -> TextReply:
+        return TextReply(payload=len(message.payload))
+
+    @ws_handler
+    async def handle_block(self, message: BlockMessage) -> BlockReply:
+        PROBE.entries += 1
+        PROBE.active += 1
+        PROBE.max_active = max(PROBE.max_active, PROBE.active)
+        PROBE.entered.set()
+        try:
+            await PROBE.gate.wait()
+        except asyncio.CancelledError:
+            PROBE.calls.append(("cancelled", message.payload))
+            raise
+        finally:
+            PROBE.active -= 1
+        return BlockReply(payload=message.payload)
+
+    @ws_handler
+    async def handle_boom(self, message: BoomMessage) -> None:
+        raise RuntimeError("secret-boom-text: db password is hunter2")
+
+    @ws_handler
+    async def handle_close_me(self, message: CloseMeMessage) -> None:
+        PROBE.calls.append(("close_me", None))
+        await self.close()
+
+    @ws_handler
+    async def handle_say(self, message: SayMessage) -> None:
+        await self.send_group_message(
+            ChatGroupMessage(payload=message.payload.text),
+            exclude_current=message.payload.exclude_current,
+        )
+
+    @event_handler
+    async def handle_notify(self, event: NotifyEvent) -> NotifyMessage:
+        return NotifyMessage(payload=event.payload)
+
+    async def disconnect(self, code: int) -> None:
+        PROBE.calls.append(("disconnect", code))
+
+
+class CompletionWorkConsumer(WorkConsumer):
+    send_completion = True
+
+
+class CamelConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+
+    @ws_handler
+    async def handle_camel(self, message: CamelMessage) -> CamelReply:
+        return CamelReply(payload=message.payload)
+
+
+class CamelAttributeConsumer(CamelConsumer):
+    camelize = True
+
+
+class FlagDefaultConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+
+    @ws_handler
+    async def handle_echo(self, message: EchoMessage) -> EchoReply:
+        return EchoReply(payload=message.payload)
+
+
+class FlagOnConsumer(FlagDefaultConsumer):
+    send_completion = True
+
+
+class FlagOffConsumer(FlagDefaultConsumer):
+    send_completion = False
+
+
+class DbConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+
+    @ws_handler
+    async def handle_db_probe(self, message: DbProbeMessage) -> DbProbeReply:
+        count = await User.objects.acount()  # the ORM's own async API
+        raw, conn = await sync_to_async(_current_connection)()
+        PROBE.calls.append(("db", (raw, conn)))
+        return DbProbeReply(payload=count)
+
+
+def _current_connection() -> tuple[Any, Any]:
+    """The DB-API connection and Django wrapper of the calling thread."""
+    conn = connections["default"]
+    conn.ensure_connection()
+    return conn.connection, conn
+
+
+class LogConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+    log_ignored_actions = ["text"]
+
+    @ws_handler
+    async def handle_echo(self, message: EchoMessage) -> EchoReply:
+        return EchoReply(payload=message.payload)
+
+    @ws_handler
+    async def handle_text(self, message: TextMessage) -> TextReply:
+        return TextReply(payload=len(message.payload))
+
+
+# Authentication.
+
+
+class QueryTokenAuthentication(TokenAuthentication):
+    """A token from the query string: ``?token=<key>``."""
+
+    def authenticate(self, request: Any) -> Any:
+        key = request.query_params.get("token")
+        return self.authenticate_credentials(key) if key else None
+
+
+class RecordRequest(BasePermission):
+    """Records what the DRF request built from the handshake looks like."""
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        PROBE.calls.append(
+            (
+                "request",
+                {
+                    "multi": request.META.get("HTTP_X_MULTI"),
+                    "cookies": dict(request.COOKIES),
+                    "q": request.query_params.getlist("q"),
+                    "x": request.query_params.get("x"),
+                    "remote": request.META.get("REMOTE_ADDR"),
+                    "secure": request.is_secure(),
+                    "path": request.path,
+                    "method": request.method,
+                    "kwargs": dict(view.kwargs),
+                },
+            )
+        )
+        return True
+
+
+class ExplodingPermission(BasePermission):
+    def has_permission(self, request: Any, view: Any) -> bool:
+        raise RuntimeError("secret-auth-boom: connection string postgres://x:y@z")
+
+
+class PingCountingConsumer(AsyncJsonWebsocketConsumer):
+    """Counts the pings it handles; authentication as DRF's defaults say."""
+
+    permission_classes = [IsAuthenticated]
+    send_completion = True
+
+    async def post_authentication(self) -> None:
+        PROBE.consumers.append(self)
+
+    @ws_handler
+    async def handle_ping(self, message: PingMessage) -> PongMessage:
+        PROBE.calls.append(("ping", None))
+        return PongMessage()
+
+    @ws_handler
+    async def handle_whoami(self, message: WhoAmIMessage) -> WhoAmIReply:
+        return WhoAmIReply(payload=self.user.get_username() if self.user else "")
+
+    @ws_handler
+    async def handle_close_me(self, message: CloseMeMessage) -> None:
+        await self.close()
+
+
+class SessionFirstConsumer(PingCountingConsumer):
+    authentication_classes = [SessionAuthentication, TokenAuthentication]
+
+
+class QueryTokenConsumer(PingCountingConsumer):
+    authentication_classes = [QueryTokenAuthentication]
+
+
+class SessionConsumer(PingCountingConsumer):
+    authentication_classes = [SessionAuthentication]
+
+
+class RecordingConsumer(PingCountingConsumer):
+    permission_classes = [RecordRequest]
+
+    async def post_authentication(self) -> None:
+        PROBE.calls.append(("consumer", self))
+
+
+class ExplodingAuthConsumer(PingCountingConsumer):
+    permission_classes = [ExplodingPermission]
+
+
+class SilentAuthConsumer(PingCountingConsumer):
+    send_authentication_message = False
+
+
+class AssistantAuthenticator(DjangoAuthenticator):
+    """Seed 003, as written (late style)."""
+
+    permission_classes = [ConversationOwner]
+    queryset = Conversation.objects.all()
+    obj: Conversation
+
+
+class ConversationConsumer(PingCountingConsumer):
+    authenticator_class = AssistantAuthenticator
+    permission_classes = None  # the authenticator decides
+
+    async def post_authentication(self) -> None:
+        PROBE.calls.append(("obj", (self.obj, self.authenticator.obj, self.authenticator.user)))
+
+
+class EarlyConversationConsumer(PingCountingConsumer):
+    """The same rules as attributes on the consumer (early style)."""
+
+    permission_classes = [ConversationOwner]
+    queryset = Conversation.objects.all()
+
+    async def post_authentication(self) -> None:
+        PROBE.calls.append(("obj", (self.obj, self.authenticator.obj, self.authenticator.user)))
+
+
+class OpenAuthenticator(DjangoAuthenticator):
+    permission_classes = [AllowAny]
+
+
+class ClosedAuthenticator(DjangoAuthenticator):
+    permission_classes = [IsAuthenticated]
+
+
+class ConsumerWinsClosedConsumer(PingCountingConsumer):
+    authenticator_class = OpenAuthenticator
+    permission_classes = [IsAuthenticated]
+
+
+class ConsumerWinsOpenConsumer(PingCountingConsumer):
+    authenticator_class = ClosedAuthenticator
+    permission_classes = [AllowAny]
+
+
+class GatedConnectConsumer(AsyncJsonWebsocketConsumer[NotifyEvent]):
+    """``post_authentication`` waits on ``PROBE.gate`` after joining its group."""
+
+    permission_classes = [AllowAny]
+    groups = ["gated"]
+
+    async def post_authentication(self) -> None:
+        PROBE.entered.set()
+        await PROBE.gate.wait()
+
+    @event_handler
+    async def handle_notify(self, event: NotifyEvent) -> NotifyMessage:
+        return NotifyMessage(payload=event.payload)
+
+
+# Groups and events.
+
+
+class RoomConsumer(AsyncJsonWebsocketConsumer[RoomEvent]):
+    """Joins ``lobby`` (class attribute) and ``room_<room>`` (``build_groups``)."""
+
+    permission_classes = [AllowAny]
+    groups = ["lobby"]
+
+    async def build_groups(self) -> list[str]:
+        return [f"room_{self.scope['url_route']['kwargs']['room']}"]
+
+    async def post_authentication(self) -> None:
+        PROBE.consumers.append(self)
+        PROBE.calls.append(("channel_name", self.channel_name))
+
+    @ws_handler
+    async def handle_say(self, message: SayMessage) -> None:
+        await self.send_group_message(
+            ChatGroupMessage(payload=message.payload.text),
+            f"room_{self.scope['url_route']['kwargs']['room']}",  # not the lobby too
+            exclude_current=message.payload.exclude_current,
+        )
+
+    @ws_handler
+    async def handle_ping(self, message: PingMessage) -> PongMessage:
+        return PongMessage()
+
+    @event_handler
+    async def handle_notify(self, event: NotifyEvent) -> NotifyMessage:
+        return NotifyMessage(payload=event.payload)
+
+    @event_handler
+    async def handle_rich(self, event: RichEvent) -> RichMessage:
+        payload = event.payload
+        PROBE.calls.append(
+            ("rich_types", (type(payload.uid), type(payload.at), type(payload.amount)))
+        )
+        return RichMessage(payload=payload)
+
+    @event_handler
+    async def handle_fail(self, event: FailEvent) -> None:
+        raise RuntimeError("event handler failed on purpose")
+
+    async def chat_custom(self, message: dict[str, Any]) -> None:
+        """A Channels-style layer handler (``type: "chat.custom"``)."""
+        await self.send_json({"action": "custom", "payload": message["value"]})
+
+
+class FarewellConsumer(AsyncJsonWebsocketConsumer):
+    """Announces its departure to its groups from ``disconnect()``, as Channels apps do."""
+
+    permission_classes = [AllowAny]
+    groups = ["farewell"]
+
+    async def disconnect(self, code: int) -> None:
+        PROBE.calls.append(("groups_at_disconnect", list(self.groups)))
+        await self.send_group_message(ChatGroupMessage(payload="bye"))
+
+
+class EarlyEventsConsumer(AsyncJsonWebsocketConsumer[NotifyEvent | RichEvent]):
+    """Events without an ``@event_handler`` go to ``receive_event`` (early style)."""
+
+    permission_classes = [AllowAny]
+    groups = ["early-events"]
+
+    @event_handler
+    async def handle_rich(self, event: RichEvent) -> None:
+        PROBE.calls.append(("event_handler", event.action))
+
+    async def receive_event(self, event: NotifyEvent | RichEvent) -> None:
+        PROBE.calls.append(("receive_event", event.action))
+        await self.send_message(NotifyMessage(payload=f"via receive_event: {event.payload}"))
+
+
+class CompletionRoomConsumer(RoomConsumer):
+    send_completion = True
+
+
+class SubRoomConsumer(RoomConsumer):
+    """A subclass, for ``capture_events`` filtering."""
+
+
+class StrictGroupConsumer(RoomConsumer):
+    OUTGOING_GROUP_MESSAGE_SCHEMA = ChatGroupMessage
+
+    @ws_handler
+    async def handle_echo(self, message: EchoMessage) -> None:
+        await self.send_group_message(OtherGroupMessage(payload="not allowed"))
+
+
+###############################################################################
+# Routing of the test consumers ###############################################
+###############################################################################
+
+CONV = r"(?P<pk>[0-9a-f-]+)"
+
+router = URLRouter(
+    [
+        path("ws/assistants/", AssistantConsumer.as_asgi()),
+        path("ws/handlers/", HandlerConsumer.as_asgi()),
+        path("ws/mixed/", MixedConsumer.as_asgi()),
+        path("ws/work/", WorkConsumer.as_asgi()),
+        path("ws/work-complete/", CompletionWorkConsumer.as_asgi()),
+        path("ws/camel/", CamelConsumer.as_asgi()),
+        path("ws/camel-attr/", CamelAttributeConsumer.as_asgi()),
+        path("ws/flags/default/", FlagDefaultConsumer.as_asgi()),
+        path("ws/flags/on/", FlagOnConsumer.as_asgi()),
+        path("ws/flags/off/", FlagOffConsumer.as_asgi()),
+        path("ws/db/", DbConsumer.as_asgi()),
+        path("ws/log/", LogConsumer.as_asgi()),
+        path("ws/auth/token/", PingCountingConsumer.as_asgi()),
+        path("ws/auth/session-first/", SessionFirstConsumer.as_asgi()),
+        path("ws/auth/query/", QueryTokenConsumer.as_asgi()),
+        re_path(r"^ws/auth/record/(?P<slug>[a-z]+)/$", RecordingConsumer.as_asgi()),
+        path("ws/auth/explode/", ExplodingAuthConsumer.as_asgi()),
+        path("ws/auth/silent/", SilentAuthConsumer.as_asgi()),
+        re_path(rf"^ws/conv/{CONV}/$", ConversationConsumer.as_asgi()),
+        re_path(rf"^ws/early-conv/{CONV}/$", EarlyConversationConsumer.as_asgi()),
+        path("ws/auth/consumer-closed/", ConsumerWinsClosedConsumer.as_asgi()),
+        path("ws/auth/consumer-open/", ConsumerWinsOpenConsumer.as_asgi()),
+        path("ws/gated/", GatedConnectConsumer.as_asgi()),
+        path("ws/rooms/<str:room>/", RoomConsumer.as_asgi()),
+        path("ws/rooms-complete/<str:room>/", CompletionRoomConsumer.as_asgi()),
+        path("ws/strict-rooms/<str:room>/", StrictGroupConsumer.as_asgi()),
+        path("ws/farewell/", FarewellConsumer.as_asgi()),
+        path("ws/early-events/", EarlyEventsConsumer.as_asgi()),
+    ]
+)
+
+#: Session authentication needs the session and user middleware in front.
+session_application = AuthMiddlewareStack(
+    URLRouter([path("ws/session/", SessionConsumer.as_asgi())])
+)
+
+
+###############################################################################
+# Helpers and fixtures ########################################################
+###############################################################################
+
+
+@pytest.fixture(autouse=True)
+def fresh_state() -> Any:
+    """A fresh ``PROBE``, a fresh in-memory channel layer and chanx's default
+    settings (not the example project's ``CHANX``) for every test."""
+    global PROBE
+    PROBE = Probe()
+    layers = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    fast_hasher = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    with override_settings(CHANNEL_LAYERS=layers, CHANX={}, PASSWORD_HASHERS=fast_hasher):
+        yield
+
+
+@pytest.fixture
+async def ws() -> Any:
+    """``await ws(path, ...)``: a connected communicator, disconnected at teardown.
+
+    By default it also reads the authentication frame and checks it is 200.
+    """
+    opened: list[WebsocketCommunicator] = []
+
+    async def open_ws(
+        ws_path: str,
+        *,
+        application: Any = router,
+        user: Any = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        auth_ok: bool = True,
+    ) -> WebsocketCommunicator:
+        communicator = WebsocketCommunicator(application, ws_path, headers, user=user)
+        opened.append(communicator)
+        connected, _ = await communicator.connect()
+        assert connected, f"{ws_path} refused the handshake"
+        if auth_ok:
+            await communicator.assert_authenticated_status_ok()
+        return communicator
+
+    yield open_ws
+    for communicator in opened:
+        await communicator.disconnect()
+
+
+@pytest.fixture
+def chanx_caplog(caplog: pytest.LogCaptureFixture) -> Any:
+    """``caplog`` for the "chanx" logger (the example's LOGGING stops its propagation)."""
+    chanx.logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="chanx")
+    yield caplog
+    chanx.logger.removeHandler(caplog.handler)
+
+
+async def wait_until(predicate: Any, what: str, timeout: float = 2.0) -> None:
+    """Yield to the event loop until ``predicate()`` holds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"Timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0)
+
+
+async def wait_event(event: asyncio.Event, timeout: float = 2.0) -> None:
+    await asyncio.wait_for(event.wait(), timeout)
+
+
+async def receive_until(
+    communicator: WebsocketCommunicator, predicate: Any, timeout: float = 2.0
+) -> list[Any]:
+    """Frames up to and including the first one ``predicate`` accepts."""
+    frames = []
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = await communicator.receive_json_from(max(deadline - time.monotonic(), 0.01))
+        frames.append(frame)
+        if predicate(frame):
+            return frames
+
+
+def actions(frames: list[Any]) -> list[Any]:
+    return [frame.get("action") if isinstance(frame, dict) else frame for frame in frames]
+
+
+async def make_user(username: str, **fields: Any) -> Any:
+    return await User.objects.acreate_user(username=username, password="pw", **fields)
+
+
+async def token_headers(user: Any) -> list[tuple[bytes, bytes]]:
+    token = await Token.objects.acreate(user=user)
+    return [(b"authorization", f"Token {token.key}".encode())]
+
+
+async def session_cookie(user: Any) -> list[tuple[bytes, bytes]]:
+    """Log in with Django's test client and return the session cookie header."""
+    client = Client()
+    assert await sync_to_async(client.login)(username=user.get_username(), password="pw")
+    sessionid = client.cookies[settings.SESSION_COOKIE_NAME].value
+    return [(b"cookie", f"{settings.SESSION_COOKIE_NAME}={sessionid}".encode())]
+
+
+NOT_PROVIDED = "Authentication credentials were not provided."
+
+
+def auth_frame(status_code: int, detail: str) -> dict[str, Any]:
+    """The whole authentication frame a client gets."""
+    text = "OK" if status_code == 200 else http.HTTPStatus(status_code).phrase
+    data = {"status_code": status_code, "status_text": text, "data": {"detail": detail}}
+    return {"action": "authentication", "payload": data}
+
+
+async def assert_refused(
+    communicator: WebsocketCommunicator, status_code: int, detail: str | None = None
+) -> dict[str, Any]:
+    """The authentication frame carries ``status_code`` and the socket closes 4000+it."""
+    frame = await communicator.receive_json_from()
+    assert frame["action"] == "authentication", frame
+    assert frame["payload"]["status_code"] == status_code, frame
+    if detail is not None:
+        assert frame["payload"]["data"]["detail"] == detail, frame
+    await communicator.assert_closed(code=4000 + status_code)
+    return frame
+
+
+###############################################################################
+# Messages and class creation #################################################
+###############################################################################
+
+
+def test_message_defaults_and_wire_shape() -> None:
+    assert PingMessage().model_dump() == {"action": "ping", "payload": None}
+    assert PongMessage().model_dump() == {"action": "pong", "payload": None}
+    assert chanx.CompleteMessage().action == ACTION_COMPLETE == "complete"
+    assert chanx.GroupCompleteMessage().action == GROUP_ACTION_COMPLETE == "group_complete"
+    assert chanx.EventCompleteMessage().action == EVENT_ACTION_COMPLETE == "event_complete"
+    assert ChatGroupMessage(payload="x").model_dump() == {
+        "action": "chat",
+        "payload": "x",
+        "is_mine": False,
+        "is_current": False,
+    }
+
+
+def test_message_without_literal_action_fails_at_class_creation() -> None:
+    with pytest.raises(ChanxConfigError) as info:
+
+        class NoAction(BaseMessage):
+            payload: int = 0
+
+    text = str(info.value)
+    assert "NoAction" in text
+    assert "Literal" in text
+    assert "abstract=True" in text  # says how to declare a base class instead
+    assert isinstance(info.value, ValueError)  # configuration errors are ValueErrors too
+
+    with pytest.raises(ChanxConfigError, match="Literal"):
+
+        class PlainStrAction(BaseMessage):
+            action: str = "plain"
+
+
+def test_abstract_message_base_is_allowed() -> None:
+    class TimestampedMessage(BaseMessage, abstract=True):
+        sent_at: int = 0
+
+    class Stamped(TimestampedMessage):
+        action: Literal["stamped"] = "stamped"
+
+    assert Stamped(sent_at=3).model_dump() == {"action": "stamped", "payload": None, "sent_at": 3}
+    with pytest.raises(ChanxConfigError, match="Literal"):
+
+        class StillNoAction(TimestampedMessage):
+            pass
+
+
+def test_two_handlers_for_one_action_fail_at_class_creation() -> None:
+    with pytest.raises(ChanxConfigError) as info:
+
+        class Twice(AsyncJsonWebsocketConsumer):
+            @ws_handler
+            async def first(self, message: PingMessage) -> None: ...
+
+            @ws_handler
+            async def second(self, message: PingMessage) -> None: ...
+
+    assert "'ping'" in str(info.value)
+    assert "first" in str(info.value) and "second" in str(info.value)
+
+    with pytest.raises(ChanxConfigError, match="notify"):
+
+        class TwiceEvents(AsyncJsonWebsocketConsumer[NotifyEvent]):
+            @event_handler
+            async def one(self, event: NotifyEvent) -> None: ...
+
+            @event_handler
+            async def two(self, event: NotifyEvent) -> None: ...
+
+
+def test_handler_without_annotation_fails_at_class_creation() -> None:
+    with pytest.raises(ChanxConfigError, match="annotated") as info:
+
+        class Unannotated(AsyncJsonWebsocketConsumer):
+            @ws_handler
+            async def handle(self, message):  # type: ignore[no-untyped-def]
+                return None
+
+    assert "Unannotated.handle" in str(info.value)
+
+    with pytest.raises(ChanxConfigError, match="async def"):
+
+        class NotAsync(AsyncJsonWebsocketConsumer):
+            @ws_handler  # type: ignore[type-var]
+            def handle(self, message: PingMessage) -> None:
+                return None
+
+
+def test_subclass_handler_override_by_name_is_not_a_duplicate() -> None:
+    class Base(AsyncJsonWebsocketConsumer):
+        @ws_handler
+        async def handle_ping(self, message: PingMessage) -> PongMessage:
+            return PongMessage()
+
+    class Child(Base):
+        @ws_handler
+        async def handle_ping(self, message: PingMessage) -> PongMessage:
+            return PongMessage()
+
+    route = chanx.discover_routes(URLRouter([path("x/", Child.as_asgi())]))[0]
+    assert PingMessage in route.incoming
+
+
+###############################################################################
+# Consumer: both handler styles ###############################################
+###############################################################################
+
+
+@db
+async def test_seed_000_assistant_consumer_as_written(ws: Any) -> None:
+    user = await make_user("alice")
+    communicator = await ws("/ws/assistants/", headers=await token_headers(user))
+    await communicator.send_message(PingMessage())
+    assert await communicator.receive_json_from() == {"action": "pong", "payload": None}
+    await communicator.send_message(NewMessage(payload=MessagePayload(content="Hello")))
+    assert await communicator.receive_json_from() == {
+        "action": "reply",
+        "payload": {"content": "Reply: Hello"},
+    }
+
+
+@db
+async def test_seed_003_handlers_through_channels_communicator() -> None:
+    communicator = ChannelsCommunicator(router, "/ws/handlers/")
+    connected, _ = await communicator.connect()
+    assert connected
+    try:
+        assert await communicator.receive_json_from() == auth_frame(200, "OK")
+        await communicator.send_json_to({"action": "ping", "payload": None})
+        assert await communicator.receive_json_from() == {"action": "pong", "payload": None}
+        await communicator.send_json_to({"action": "echo", "payload": 21})
+        assert await communicator.receive_json_from() == {"action": "echo_reply", "payload": 42}
+    finally:
+        await communicator.disconnect()
+
+
+@db
+async def test_both_styles_in_one_consumer(ws: Any) -> None:
+    communicator = await ws("/ws/mixed/")
+    await communicator.send_message(NewMessage(payload=MessagePayload(content="hi")))
+    await communicator.send_message(EchoMessage(payload=7))
+    await communicator.send_message(PingMessage())
+    frames = [await communicator.receive_json_from() for _ in range(3)]
+    assert frames == [
+        {"action": "reply", "payload": {"content": "Reply: hi"}},
+        {"action": "echo_reply", "payload": 7},
+        {"action": "pong", "payload": None},
+    ]
+    # The container's NewMessage went to receive_message; a decorated handler
+    # takes its action even when the container also lists the type (ping).
+    assert PROBE.calls == [
+        ("receive_message", "new_message"),
+        ("handler", "echo"),
+        ("handler", "ping"),
+    ]
+
+
+###############################################################################
+# Consumer: bad frames ########################################################
+###############################################################################
+
+#: (id, frame to send, expected error payload kind, text that must not come back)
+BAD_FRAMES = [
+    ("invalid-json", "{not json", "errors", None),
+    ("list", "[1, 2, 3]", "errors", None),
+    ("string", '"hello"', "errors", None),
+    ("number", "42", "errors", None),
+    ("null", "null", "errors", None),
+    ("binary", b"\x00\x01binary", "detail", None),
+    ("no-action", '{"payload": 1}', "errors", None),
+    ("unknown-action", '{"action": "<script>alert(1)</script>"}', "errors", "<script>"),
+    ("wrong-payload", '{"action": "echo", "payload": "SECRET-not-a-number"}', "errors", "SECRET"),
+    ("wrong-payload-key", '{"action": "say", "payload": {"<img src=x>": 1}}', "errors", "<img"),
+]
+
+
+def assert_error_frame(frame: dict[str, Any], kind: str, secret: str | None) -> None:
+    assert frame["action"] == "error", frame
+    payload = frame["payload"]
+    if kind == "detail":
+        assert set(payload) == {"detail"} and isinstance(payload["detail"], str), payload
+    else:
+        assert isinstance(payload, list) and payload, payload
+        for error in payload:
+            assert set(error) == {"type", "loc", "msg"}, error  # no "input", no "url"
+            assert isinstance(error["type"], str) and isinstance(error["msg"], str)
+            assert isinstance(error["loc"], list)
+    if secret is not None:
+        assert secret not in json.dumps(frame), frame
+
+
+@pytest.mark.parametrize("completion", [False, True], ids=["plain", "completion"])
+@pytest.mark.parametrize(
+    ("frame", "kind", "secret"), [b[1:] for b in BAD_FRAMES], ids=[b[0] for b in BAD_FRAMES]
+)
+@db
+async def test_bad_frame_gets_error_and_next_frame_is_handled(
+    ws: Any, frame: str | bytes, kind: str, secret: str | None, completion: bool
+) -> None:
+    communicator = await ws("/ws/work-complete/" if completion else "/ws/work/")
+    if isinstance(frame, bytes):
+        await communicator.send_to(bytes_data=frame)
+    else:
+        await communicator.send_to(text_data=frame)
+    await communicator.send_message(EchoMessage(payload=5))
+    frames = await receive_until(communicator, lambda f: f.get("action") == "echo_reply")
+    if completion:
+        frames.append(await communicator.receive_json_from())
+        assert actions(frames) == ["error", "complete", "echo_reply", "complete"]
+    else:
+        assert actions(frames) == ["error", "echo_reply"]
+    assert_error_frame(frames[0], kind, secret)
+    assert frames[-2 if completion else -1]["payload"] == 5
+
+
+@db
+async def test_unknown_action_error_names_the_accepted_actions(ws: Any) -> None:
+    communicator = await ws("/ws/work/")
+    await communicator.send_json_to({"action": "nope"})
+    (error,) = (await communicator.receive_json_from())["payload"]
+    assert error["type"] == "union_tag_invalid"
+    for action in ("echo", "block", "say"):
+        assert action in error["msg"]
+    await communicator.send_json_to({"payload": None})
+    (error,) = (await communicator.receive_json_from())["payload"]
+    assert error["type"] == "union_tag_not_found"
+    assert "action" in error["msg"]
+
+
+@db
+async def test_wrong_payload_errors_carry_type_loc_msg(ws: Any) -> None:
+    communicator = await ws("/ws/work/")
+    await communicator.send_json_to({"action": "say", "payload": {"exclude_current": "x"}})
+    frame = await communicator.receive_json_from()
+    errors = {(e["type"], tuple(e["loc"])) for e in frame["payload"]}
+    assert ("missing", ("say", "payload", "text")) in errors
+    assert ("bool_parsing", ("say", "payload", "exclude_current")) in errors
+    assert all(e["msg"] for e in frame["payload"])
+    assert '"x"' not in json.dumps(frame)
+
+
+@pytest.fixture
+def small_frames() -> Any:
+    with override_settings(CHANX={"MAX_MESSAGE_SIZE": 200}):
+        yield 200
+
+
+def text_frame(text: str) -> str:
+    return json.dumps({"action": "text", "payload": text}, ensure_ascii=False)
+
+
+def padded_text_frame(size: int, char: str = "a") -> str:
+    """A ``text`` frame of exactly ``size`` UTF-8 bytes, padded with ``char``."""
+    count, rest = divmod(size - len(text_frame("").encode()), len(char.encode()))
+    frame = text_frame(char * count + "a" * rest)
+    assert len(frame.encode()) == size
+    return frame
+
+
+@db
+async def test_frame_over_max_message_size_is_refused(ws: Any, small_frames: int) -> None:
+    communicator = await ws("/ws/work/")
+    await communicator.send_to(text_data=padded_text_frame(small_frames + 1))
+    await communicator.send_to(text_data=padded_text_frame(small_frames))  # exactly the limit
+    error = await communicator.receive_json_from()
+    assert error["action"] == "error"
+    assert "too large" in error["payload"]["detail"]
+    assert str(small_frames) in error["payload"]["detail"]
+    assert (await communicator.receive_json_from())["action"] == "text_reply"
+
+
+@db
+async def test_multibyte_frame_at_the_byte_limit_is_accepted(ws: Any, small_frames: int) -> None:
+    communicator = await ws("/ws/work/")
+    frame = padded_text_frame(small_frames, "é")  # 2 bytes a character
+    assert len(frame) < small_frames == len(frame.encode())
+    await communicator.send_to(text_data=frame)
+    assert await communicator.receive_json_from() == {
+        "action": "text_reply",
+        "payload": len(json.loads(frame)["payload"]),
+    }
+
+
+@db
+async def test_multibyte_frame_over_the_byte_limit_is_refused(ws: Any, small_frames: int) -> None:
+    communicator = await ws("/ws/work/")
+    frame = padded_text_frame(small_frames + 2, "é")
+    assert len(frame) < small_frames < len(frame.encode())
+    await communicator.send_to(text_data=frame)
+    await communicator.send_message(EchoMessage(payload=1))
+    error = await communicator.receive_json_from()
+    assert error["action"] == "error", error
+    assert "too large" in error["payload"]["detail"]
+    assert (await communicator.receive_json_from())["action"] == "echo_reply"
+
+
+@pytest.mark.parametrize("completion", [False, True], ids=["plain", "completion"])
+@db
+async def test_handler_exception_gets_generic_error_and_traceback_in_log(
+    ws: Any, chanx_caplog: pytest.LogCaptureFixture, completion: bool
+) -> None:
+    communicator = await ws("/ws/work-complete/" if completion else "/ws/work/")
+    await communicator.send_message(BoomMessage())
+    await communicator.send_message(EchoMessage(payload=9))
+    frames = await receive_until(communicator, lambda f: f.get("action") == "echo_reply")
+    expected = ["error", "complete", "echo_reply"] if completion else ["error", "echo_reply"]
+    assert actions(frames) == expected
+    assert frames[0]["payload"] == {"detail": "Failed to process message."}
+    assert "secret-boom-text" not in json.dumps(frames)
+    (record,) = [r for r in chanx_caplog.records if r.getMessage() == "Websocket handler failed"]
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+    assert record.action == "boom"  # type: ignore[attr-defined]
+    assert "secret-boom-text" in chanx_caplog.text  # the traceback went to the log
+
+
+###############################################################################
+# Consumer: camelCase #########################################################
+###############################################################################
+
+CAMEL_PAYLOAD = {"someField": 1, "innerItem": {"listOfThings": [{"deepValue": 2}]}}
+
+
+@db
+async def test_camelize_setting_converts_both_directions(ws: Any) -> None:
+    with override_settings(CHANX={"CAMELIZE": True}):
+        communicator = await ws("/ws/camel/")
+        assert communicator.received[0]["payload"] == {
+            "statusCode": 200,
+            "statusText": "OK",
+            "data": {"detail": "OK"},
+        }
+        await communicator.send_json_to({"action": "camel_message", "payload": CAMEL_PAYLOAD})
+        assert await communicator.receive_json_from() == {
+            "action": "camel_reply",
+            "payload": CAMEL_PAYLOAD,
+        }
+        # snake_case from a client is still understood
+        snake = {"some_field": 3, "inner_item": {"list_of_things": []}}
+        await communicator.send_json_to({"action": "camel_message", "payload": snake})
+        reply = await communicator.receive_json_from()
+        assert reply["payload"] == {"someField": 3, "innerItem": {"listOfThings": []}}
+        # the test communicator camelizes what it sends, and reads frames back typed
+        payload = NestedPayload(some_field=4, inner_item=InnerItem(list_of_things=[]))
+        await communicator.send_message(CamelMessage(payload=payload))
+        messages = await communicator.receive_all_messages(stop_action=None, timeout=0.05)
+        assert messages == [CamelReply(payload=payload)]
+
+
+@db
+async def test_camelize_off_keeps_snake_case(ws: Any) -> None:
+    communicator = await ws("/ws/camel/")
+    await communicator.send_json_to({"action": "camel_message", "payload": CAMEL_PAYLOAD})
+    frame = await communicator.receive_json_from()
+    assert frame["action"] == "error"  # camelCase keys are not field names here
+    snake = {"some_field": 1, "inner_item": {"list_of_things": [{"deep_value": 2}]}}
+    await communicator.send_json_to({"action": "camel_message", "payload": snake})
+    assert await communicator.receive_json_from() == {"action": "camel_reply", "payload": snake}
+
+
+@db
+async def test_camelize_class_attribute_converts_frames(ws: Any) -> None:
+    communicator = await ws("/ws/camel-attr/", auth_ok=False)
+    assert (await communicator.receive_json_from())["payload"]["statusCode"] == 200
+    await communicator.send_json_to({"action": "camel_message", "payload": CAMEL_PAYLOAD})
+    assert (await communicator.receive_json_from())["payload"] == CAMEL_PAYLOAD
+
+
+@db
+async def test_communicator_helpers_follow_consumer_camelize_attribute(ws: Any) -> None:
+    communicator = await ws("/ws/camel-attr/")  # asserts the authentication frame
+    await communicator.send_json_to({"action": "camel_message", "payload": CAMEL_PAYLOAD})
+    assert await communicator.receive_json_from() == {
+        "action": "camel_reply",
+        "payload": CAMEL_PAYLOAD,
+    }
+
+
+###############################################################################
+# Consumer: MESSAGE_ACTION_KEY ################################################
+###############################################################################
+
+
+@db
+async def test_message_action_key_renames_the_discriminator_on_the_wire(ws: Any) -> None:
+    with override_settings(CHANX={"MESSAGE_ACTION_KEY": "type", "SEND_COMPLETION": True}):
+        communicator = await ws("/ws/work/", auth_ok=False)
+        assert await communicator.receive_json_from() == {
+            "type": "authentication",
+            "payload": {"status_code": 200, "status_text": "OK", "data": {"detail": "OK"}},
+        }
+        await communicator.send_json_to({"type": "echo", "payload": 3})
+        await communicator.send_json_to({"type": "nope"})
+        await communicator.send_message(EchoMessage(payload=4))  # the helper renames too
+        frames = [await communicator.receive_json_from() for _ in range(6)]
+    assert frames[:2] == [
+        {"type": "echo_reply", "payload": 3},
+        {"type": "complete", "payload": None},
+    ]
+    assert frames[2]["type"] == "error" and frames[2]["payload"][0]["type"] == "union_tag_invalid"
+    assert frames[3:] == [
+        {"type": "complete", "payload": None},
+        {"type": "echo_reply", "payload": 4},
+        {"type": "complete", "payload": None},
+    ]
+    assert all("action" not in frame for frame in frames)
+
+
+@db
+async def test_communicator_helpers_follow_message_action_key(ws: Any) -> None:
+    with override_settings(CHANX={"MESSAGE_ACTION_KEY": "type", "SEND_COMPLETION": True}):
+        communicator = await ws("/ws/work/")  # asserts the authentication frame
+        await communicator.send_message(EchoMessage(payload=1))
+        assert await communicator.receive_all_json() == [{"type": "echo_reply", "payload": 1}]
+
+
+@db
+async def test_missing_action_error_names_the_configured_key(ws: Any) -> None:
+    with override_settings(CHANX={"MESSAGE_ACTION_KEY": "type"}):
+        communicator = await ws("/ws/work/", auth_ok=False)
+        await communicator.receive_json_from()  # the authentication frame
+        await communicator.send_json_to({"payload": 1})
+        (error,) = (await communicator.receive_json_from())["payload"]
+    assert error["type"] == "union_tag_not_found"
+    assert "'type'" in error["msg"], error
+
+
+###############################################################################
+# Settings and behaviour flags ################################################
+###############################################################################
+
+
+async def echo_twice(ws_path: str) -> list[str]:
+    """The actions a connection sends for two echo frames (completion or not)."""
+    communicator = WebsocketCommunicator(router, ws_path)
+    try:
+        await communicator.connect()
+        await communicator.assert_authenticated_status_ok()
+        await communicator.send_message(EchoMessage(payload=1))
+        await communicator.send_message(EchoMessage(payload=2))
+        frames = await receive_until(communicator, lambda f: f.get("payload") == 2)
+        return actions(frames)
+    finally:
+        await communicator.disconnect()
+
+
+WITH_COMPLETION = ["echo_reply", "complete", "echo_reply"]
+WITHOUT_COMPLETION = ["echo_reply", "echo_reply"]
+
+
+@db
+async def test_flag_class_attribute_beats_setting_beats_default() -> None:
+    # default (SEND_COMPLETION is False) unless the class says otherwise
+    assert await echo_twice("/ws/flags/default/") == WITHOUT_COMPLETION
+    assert await echo_twice("/ws/flags/on/") == WITH_COMPLETION
+    with override_settings(CHANX={"SEND_COMPLETION": True}):
+        assert await echo_twice("/ws/flags/default/") == WITH_COMPLETION
+        assert await echo_twice("/ws/flags/off/") == WITHOUT_COMPLETION
+    with override_settings(CHANX={"SEND_COMPLETION": False}):
+        assert await echo_twice("/ws/flags/on/") == WITH_COMPLETION
+    # resolving a flag for a connection never writes the class attribute
+    assert FlagDefaultConsumer.send_completion is None
+    assert FlagOffConsumer.send_completion is False
+
+
+def test_settings_round_trip_with_override_settings() -> None:
+    """DRF's test_compatibility_with_override_settings, for chanx_settings."""
+    settings_object = chanx.chanx_settings
+    assert chanx_settings.MAX_MESSAGE_SIZE == 1024 * 1024  # the default
+    with override_settings(CHANX={"MAX_MESSAGE_SIZE": 10, "LOG_IGNORED_ACTIONS": ["a"]}):
+        assert chanx_settings.MAX_MESSAGE_SIZE == 10
+        assert set(chanx_settings.LOG_IGNORED_ACTIONS) == {"a"}  # any iterable, read as a set
+        with override_settings(CHANX={"MAX_MESSAGE_SIZE": 20}):
+            assert chanx_settings.MAX_MESSAGE_SIZE == 20
+            assert not chanx_settings.LOG_IGNORED_ACTIONS
+        assert chanx_settings.MAX_MESSAGE_SIZE == 10
+    assert chanx_settings.MAX_MESSAGE_SIZE == 1024 * 1024
+    assert chanx.chanx_settings is settings_object  # refreshed in place, never replaced
+
+
+def test_unknown_setting_key_is_an_error_naming_valid_keys() -> None:
+    with (
+        override_settings(CHANX={"SEND_COMPLETIONS": True}),
+        pytest.raises(ChanxConfigError) as info,
+    ):
+        _ = chanx_settings.SEND_COMPLETION
+    text = str(info.value)
+    assert "SEND_COMPLETIONS" in text
+    for valid in ("SEND_COMPLETION", "CAMELIZE", "MAX_MESSAGE_SIZE", "LOG_IGNORED_ACTIONS"):
+        assert valid in text
+    with pytest.raises(AttributeError, match="Valid settings"):
+        _ = chanx_settings.NOT_A_SETTING
+    with (
+        override_settings(CHANX={"CAMELIZE": "yes"}),
+        pytest.raises(ChanxConfigError, match=r"CAMELIZE.*bool"),
+    ):
+        _ = chanx_settings.CAMELIZE
+
+
+def test_system_check_reports_bad_chanx_settings() -> None:
+    assert [m for m in checks.run_checks(tags=["chanx"]) if m.id.startswith("chanx")] == []
+    with override_settings(CHANX={"SEND_COMPLETIONS": True, "MAX_MESSAGE_SIZE": "big"}):
+        messages = checks.run_checks(tags=["chanx"])
+    assert {m.id for m in messages} == {"chanx.E001"}
+    assert all(m.level == checks.ERROR and m.hint for m in messages)
+    text = " ".join(m.msg for m in messages)
+    assert "SEND_COMPLETIONS" in text and "MAX_MESSAGE_SIZE" in text
+    with override_settings(CHANX=["not", "a", "dict"]):
+        (message,) = checks.run_checks(tags=["chanx"])
+    assert message.id == "chanx.E001" and "dict" in message.msg
+
+
+###############################################################################
+# Consumer: ordering, concurrency, backpressure ###############################
+###############################################################################
+
+
+@db
+async def test_pipelined_frames_are_handled_in_order(ws: Any) -> None:
+    communicator = await ws("/ws/work/")
+    for n in range(200):
+        await communicator.send_message(EchoMessage(payload=n))
+    replies = [await communicator.receive_json_from() for _ in range(200)]
+    assert [r["payload"] for r in replies] == list(range(200))
+    assert {r["action"] for r in replies} == {"echo_reply"}
+
+
+@db
+async def test_slow_handler_does_not_delay_group_messages_or_events(ws: Any) -> None:
+    slow = await ws("/ws/work/")
+    other = await ws("/ws/work/")
+    await slow.send_message(BlockMessage(payload=1))
+    await wait_event(PROBE.entered)
+    # a group message from another connection
+    await other.send_message(SayMessage(payload=SayPayload(text="hello")))
+    frame = await slow.receive_json_from()
+    assert frame == {"action": "chat", "payload": "hello", "is_mine": False, "is_current": False}
+    # a server-side event
+    await WorkConsumer.broadcast_event(NotifyEvent(payload="news"), "work")
+    assert await slow.receive_json_from() == {"action": "notified", "payload": "news"}
+    assert PROBE.active == 1  # the handler is still waiting
+    PROBE.gate.set()
+    assert await slow.receive_json_from() == {"action": "block_reply", "payload": 1}
+
+
+@db
+async def test_slow_handler_does_not_delay_disconnect(ws: Any) -> None:
+    communicator = await ws("/ws/work/")
+    await communicator.send_message(BlockMessage(payload=7))
+    await wait_event(PROBE.entered)
+    await communicator.disconnect(code=1001, timeout=2)
+    assert communicator.future.done() and not communicator.future.cancelled()
+    assert ("cancelled", 7) in PROBE.calls  # the handler was cancelled, not awaited
+    assert ("disconnect", 1001) in PROBE.calls
+
+
+@db
+async def test_backpressure_stops_reading_until_handlers_catch_up(ws: Any) -> None:
+    with override_settings(CHANX={"MAX_IN_FLIGHT_MESSAGES": 4}):
+        communicator = await ws("/ws/work/")
+        total = 20
+        for n in range(total):
+            await communicator.send_message(BlockMessage(payload=n))
+        await wait_event(PROBE.entered)
+        # 4 frames in flight (one in the handler, three queued), the rest unread
+        await wait_until(lambda: communicator.input_queue.qsize() == total - 4, "reading to stop")
+        assert await communicator.receive_nothing(timeout=0.05)
+        assert communicator.input_queue.qsize() == total - 4
+        assert PROBE.entries == 1  # the handler holds the first frame; none overtook it
+        PROBE.gate.set()
+        replies = [await communicator.receive_json_from() for _ in range(total)]
+        assert [r["payload"] for r in replies] == list(range(total))
+        assert communicator.input_queue.qsize() == 0
+        assert PROBE.entries == total
+        assert PROBE.max_active == 1  # one frame at a time, in order
+
+
+#: One token per 1000 s after a burst of 3: the refill never matters within a test.
+RATE_LIMITED = {"RATE_LIMIT": 0.001, "RATE_LIMIT_BURST": 3, "SEND_COMPLETION": True}
+
+
+async def five_echoes_rate_limited(ws: Any) -> list[Any]:
+    with override_settings(CHANX=RATE_LIMITED):
+        communicator = await ws("/ws/work/")
+        for n in range(5):
+            await communicator.send_message(EchoMessage(payload=n))
+        return [await communicator.receive_json_from() for _ in range(10)]  # 5 + 5 completes
+
+
+@db
+async def test_rate_limit_refuses_frames_past_the_burst(ws: Any) -> None:
+    frames = await five_echoes_rate_limited(ws)
+    replies = [f["payload"] for f in frames if f["action"] == "echo_reply"]
+    errors = [f for f in frames if f["action"] == "error"]
+    assert replies == [0, 1, 2]
+    assert (
+        errors
+        == [{"action": "error", "payload": {"detail": "Rate limit exceeded; slow down."}}] * 2
+    )
+    assert PROBE.values("echo") == [0, 1, 2]
+
+
+@db
+async def test_rate_limited_frames_are_answered_in_order(ws: Any) -> None:
+    frames = await five_echoes_rate_limited(ws)
+    assert actions(frames) == ["echo_reply", "complete"] * 3 + ["error", "complete"] * 2
+
+
+@db
+async def test_disconnect_mid_handler_leaves_no_task_behind() -> None:
+    before = asyncio.all_tasks()
+    communicator = WebsocketCommunicator(router, "/ws/work/")
+    try:
+        await communicator.connect()
+        await communicator.assert_authenticated_status_ok()
+        await communicator.send_message(BlockMessage(payload=1))
+        await wait_event(PROBE.entered)
+        running = asyncio.all_tasks() - before - {asyncio.current_task()}
+        assert len(running) >= 3  # the application, the frame worker, the layer reader
+    finally:
+        await communicator.disconnect()
+    leaked = asyncio.all_tasks() - before - {asyncio.current_task()}
+    assert not leaked, leaked
+    assert ("cancelled", 1) in PROBE.calls
+
+
+@db
+async def test_no_frame_is_handled_after_the_server_closes(ws: Any) -> None:
+    communicator = await ws("/ws/work/")
+    await communicator.send_message(CloseMeMessage())
+    for n in range(5):
+        await communicator.send_message(EchoMessage(payload=n))
+    await communicator.assert_closed()
+    assert communicator.received == [auth_frame(200, "OK")]
+    await communicator.send_message(EchoMessage(payload=99))
+    assert await communicator.receive_nothing(timeout=0.05)
+    assert PROBE.names().count("close_me") == 1
+    assert PROBE.values("echo") == []  # queued before the close, never handled
+
+
+###############################################################################
+# Consumer: database hygiene ##################################################
+###############################################################################
+
+
+@pytest.fixture
+def close_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts chanx's hops to the ORM thread to close stale connections."""
+    calls: list[int] = []
+    original = chanx._close_old_connections
+
+    def counting() -> None:
+        calls.append(threading.get_ident())
+        original()
+
+    monkeypatch.setattr(chanx, "_close_old_connections", counting)
+    return calls
+
+
+@pytest.fixture
+def created_connections() -> Any:
+    created: list[Any] = []
+
+    def receiver(sender: Any, connection: Any, **kwargs: Any) -> None:
+        created.append(connection)
+
+    connection_created.connect(receiver)
+    yield created
+    connection_created.disconnect(receiver)
+
+
+async def db_probe(communicator: WebsocketCommunicator) -> tuple[Any, Any]:
+    """Run the DB handler once; the raw connection and wrapper its ORM call used."""
+    await communicator.send_message(DbProbeMessage())
+    assert (await communicator.receive_json_from())["action"] == "db_probe_reply"
+    raw, conn = PROBE.values("db")[-1]
+    return raw, conn
+
+
+def make_closable(monkeypatch: pytest.MonkeyPatch, conn: Any) -> None:
+    """Let close() really close the test database's in-memory SQLite connection
+    (the database survives: the test runner's own connection keeps it) and
+    give it a CONN_MAX_AGE so a reconnection is not born obsolete."""
+    monkeypatch.setattr(conn, "is_in_memory_db", lambda: False)
+    monkeypatch.setitem(conn.settings_dict, "CONN_MAX_AGE", 60)
+
+
+@db
+async def test_obsolete_connection_is_closed_before_the_next_handler(
+    ws: Any, monkeypatch: pytest.MonkeyPatch, close_calls: list[int], created_connections: Any
+) -> None:
+    communicator = await ws("/ws/db/")
+    raw_before, conn = await db_probe(communicator)
+    make_closable(monkeypatch, conn)
+    conn.close_at = time.monotonic() - 1  # CONN_MAX_AGE elapsed
+    close_calls.clear()
+    created_connections.clear()
+    raw_after, conn_after = await db_probe(communicator)
+    assert conn_after is conn
+    assert raw_after is not raw_before  # the handler got a fresh connection
+    assert created_connections == [conn]
+    assert close_calls == [conn._thread_ident]  # one hop, to the ORM's thread
+
+
+@db
+async def test_errored_unusable_connection_is_closed_before_the_next_handler(
+    ws: Any, monkeypatch: pytest.MonkeyPatch, close_calls: list[int], created_connections: Any
+) -> None:
+    communicator = await ws("/ws/db/")
+    raw_before, conn = await db_probe(communicator)
+    make_closable(monkeypatch, conn)
+    monkeypatch.setattr(conn, "is_usable", lambda: False)
+    conn.close_at = None
+    conn.errors_occurred = True
+    close_calls.clear()
+    created_connections.clear()
+    raw_after, _ = await db_probe(communicator)
+    assert raw_after is not raw_before
+    assert created_connections == [conn]
+    assert close_calls == [conn._thread_ident]  # one hop, to the ORM's thread
+
+
+@db
+async def test_healthy_connection_costs_no_thread_hop_per_frame(
+    ws: Any, monkeypatch: pytest.MonkeyPatch, close_calls: list[int], created_connections: Any
+) -> None:
+    communicator = await ws("/ws/db/")
+    raw_before, conn = await db_probe(communicator)
+    monkeypatch.setitem(conn.settings_dict, "CONN_MAX_AGE", None)  # persistent connections
+    for ref in chanx._DB_CONNECTIONS:  # every connection chanx watches is healthy
+        if ref() is not None:
+            monkeypatch.setattr(ref(), "close_at", None)
+    close_calls.clear()
+    created_connections.clear()
+    for _ in range(50):
+        raw, _ = await db_probe(communicator)
+        assert raw is raw_before
+    assert close_calls == []
+    assert created_connections == []
+
+
+###############################################################################
+# Logging #####################################################################
+###############################################################################
+
+
+def format_json(record: logging.LogRecord) -> dict[str, Any]:
+    line = chanx.JsonFormatter().format(record)
+    assert "\n" not in line  # one record, one line
+    entry: dict[str, Any] = json.loads(line)
+    return entry
+
+
+def test_json_formatter_one_object_per_line_with_extras() -> None:
+    try:
+        raise ValueError("bad\nthing")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = chanx.logger.makeRecord(
+        "chanx",
+        logging.ERROR,
+        __file__,
+        1,
+        "Hello %s",
+        ("world",),
+        exc_info,
+        extra={"conn_id": "abc", "action": "ping", "obj": uuid.UUID(int=1)},
+    )
+    entry = format_json(record)
+    assert entry["message"] == "Hello world"
+    assert entry["level"] == "ERROR" and entry["logger"] == "chanx" and entry["time"]
+    assert entry["conn_id"] == "abc" and entry["action"] == "ping"
+    assert entry["obj"] == str(uuid.UUID(int=1))  # not JSON-serialisable: str()
+    assert "ValueError: bad" in entry["exc_info"]
+    # LogRecord's own attributes are not repeated as extras
+    for reserved in (
+        "msg",
+        "args",
+        "levelname",
+        "levelno",
+        "name",
+        "pathname",
+        "created",
+        "exc_text",
+        "processName",
+        "thread",
+        "taskName",
+        "stack_info",
+    ):
+        assert reserved not in entry, reserved
+
+
+@db
+async def test_connection_and_message_records_carry_context(
+    ws: Any, chanx_caplog: pytest.LogCaptureFixture
+) -> None:
+    user = await make_user("logger")
+    communicator = await ws("/ws/log/", user=user)
+    await communicator.send_message(EchoMessage(payload=1))
+    await communicator.receive_json_from()
+    await communicator.disconnect()
+    entries = [format_json(r) for r in chanx_caplog.records]
+    by_message = {e["message"]: e for e in entries}
+    connected = by_message["Websocket connected"]
+    assert connected["path"] == "/ws/log/"
+    assert connected["client"] == "127.0.0.1:50000"
+    assert connected["user_id"] == str(user.pk)
+    assert len(connected["conn_id"]) >= 8
+    received = by_message["Received websocket message"]
+    assert received["action"] == "echo"
+    assert received["message_id"].startswith(connected["conn_id"])
+    assert by_message["Sent websocket message"]["action"] in {"authentication", "echo_reply"}
+    assert by_message["Websocket disconnected"]["conn_id"] == connected["conn_id"]
+    assert {e["conn_id"] for e in entries} == {connected["conn_id"]}
+
+
+@db
+async def test_ignored_actions_stay_out_of_the_log(
+    ws: Any, chanx_caplog: pytest.LogCaptureFixture
+) -> None:
+    # class attribute: LogConsumer ignores "text"; the setting is replaced by it
+    with override_settings(CHANX={"LOG_IGNORED_ACTIONS": ["echo", "echo_reply"]}):
+        communicator = await ws("/ws/log/")
+        await communicator.send_message(TextMessage(payload="x"))
+        await communicator.send_message(EchoMessage(payload=1))
+        await communicator.receive_json_from()
+        await communicator.receive_json_from()
+        flagged = await ws("/ws/flags/default/")  # no class attribute: the setting applies
+        await flagged.send_message(EchoMessage(payload=1))
+        await flagged.receive_json_from()
+    logged = [
+        (r.path, r.getMessage(), r.action)  # type: ignore[attr-defined]
+        for r in chanx_caplog.records
+        if hasattr(r, "action")
+    ]
+    assert ("/ws/log/", "Received websocket message", "echo") in logged
+    assert ("/ws/log/", "Received websocket message", "text") not in logged
+    assert ("/ws/log/", "Sent websocket message", "text_reply") in logged
+    assert ("/ws/flags/default/", "Received websocket message", "echo") not in logged
+    assert ("/ws/flags/default/", "Sent websocket message", "echo_reply") not in logged
+    assert ("/ws/flags/default/", "Sent websocket message", "authentication") in logged
+
+
+@db
+async def test_no_info_record_is_built_when_the_level_is_warning(
+    ws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[logging.LogRecord] = []
+    contexts: list[dict[str, Any]] = []
+    make_record, log_context = chanx.logger.makeRecord, chanx._log_context
+
+    def counting_make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        made.append(record)
+        return record
+
+    def counting_context(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        contexts.append(log_context(*args, **kwargs))
+        return contexts[-1]
+
+    monkeypatch.setattr(chanx.logger, "makeRecord", counting_make_record)
+    monkeypatch.setattr(chanx, "_log_context", counting_context)
+    level = chanx.logger.level
+    chanx.logger.setLevel(logging.WARNING)
+    try:
+        communicator = await ws("/ws/log/")
+        for n in range(5):
+            await communicator.send_message(EchoMessage(payload=n))
+            await communicator.receive_json_from()
+        await communicator.disconnect()
+    finally:
+        chanx.logger.setLevel(level)
+    assert made == []
+    assert contexts == []
+
+
+###############################################################################
+# Packaging and the public namespace ##########################################
+###############################################################################
+
+
+def test_dir_covers_all_and_every_name_resolves() -> None:
+    assert len(chanx.__all__) == len(set(chanx.__all__))
+    assert set(chanx.__all__) <= set(dir(chanx))
+    for name in chanx.__all__:
+        assert getattr(chanx, name) is not None, name
+    assert chanx.ChanxAuthView.__name__ == "ChanxAuthView"  # built on first access
+    assert isinstance(chanx.__version__, str) and chanx.__version__
+
+
+@pytest.mark.timeout(240)
+def test_wheel_contains_only_the_module(tmp_path: Path) -> None:
+    """Slow-ish (a real build in an isolated environment), but the wheel is the product."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("chanx.py", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)  # build from a copy: no build/ in the repo
+    out = tmp_path / "dist"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = out.glob("chanx-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    modules = [n for n in names if ".dist-info/" not in n]
+    assert modules == ["chanx.py"], names
+    assert {n.split("/")[0] for n in names} == {
+        "chanx.py",
+        wheel.name.split("-py")[0] + ".dist-info",
+    }
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA")))
+    assert f"Version: {chanx.__version__}".encode() in metadata
+
+
+VENDORED_SCRIPT = """
+import asyncio, sys
+from typing import Literal
+
+import chanx
+
+assert chanx.__file__.startswith(sys.argv[1]), chanx.__file__
+
+from django.conf import settings
+
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+)
+import django
+
+django.setup()
+from channels.routing import URLRouter
+
+
+class Hello(chanx.BaseMessage):
+    action: Literal["hello"] = "hello"
+    payload: str
+
+
+class Consumer(chanx.AsyncJsonWebsocketConsumer):
+    authentication_classes = []
+    permission_classes = []
+
+    @chanx.ws_handler
+    async def handle(self, message: Hello) -> chanx.PongMessage:
+        return chanx.PongMessage()
+
+
+async def main():
+    app = URLRouter([chanx.path("ws/", Consumer.as_asgi())])
+    communicator = chanx.WebsocketCommunicator(app, "/ws/")
+    await communicator.connect()
+    await communicator.assert_authenticated_status_ok()
+    await communicator.send_message(Hello(payload="hi"))
+    assert (await communicator.receive_json_from())["action"] == "pong"
+    await communicator.disconnect()
+
+
+asyncio.run(main())
+print("vendored ok", chanx.__version__)
+"""
+
+
+def test_vendored_copy_imports_and_works(tmp_path: Path) -> None:
+    vendor = tmp_path / "myproject" / "vendor"
+    vendor.mkdir(parents=True)
+    shutil.copy(REPO / "chanx.py", vendor / "chanx.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(vendor)
+    result = subprocess.run(
+        [sys.executable, "-c", VENDORED_SCRIPT, str(vendor)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"vendored ok {chanx.__version__}" in result.stdout
+
+
+###############################################################################
+# Authentication ##############################################################
+###############################################################################
+
+
+async def whoami(communicator: WebsocketCommunicator) -> str:
+    await communicator.send_message(WhoAmIMessage())
+    (reply,) = await communicator.receive_all_json()  # until "complete"
+    assert reply["action"] == "whoami_reply", reply
+    name: str = reply["payload"]
+    return name
+
+
+@db
+async def test_token_authentication_header(ws: Any) -> None:
+    user = await make_user("tokenuser")
+    communicator = await ws("/ws/auth/token/", headers=await token_headers(user))
+    assert await whoami(communicator) == "tokenuser"
+    assert PROBE.consumers[0].user == user
+    assert PROBE.consumers[0].authenticator.user == user
+    bad = await ws("/ws/auth/token/", headers=[(b"authorization", b"Token nope")], auth_ok=False)
+    await assert_refused(bad, 401, "Invalid token.")
+
+
+@db
+async def test_query_parameter_token_authentication(ws: Any) -> None:
+    user = await make_user("queryuser")
+    token = await Token.objects.acreate(user=user)
+    communicator = await ws(f"/ws/auth/query/?token={token.key}")
+    assert await whoami(communicator) == "queryuser"
+    anonymous = await ws("/ws/auth/query/", auth_ok=False)
+    await assert_refused(anonymous, 401, NOT_PROVIDED)
+
+
+@db
+async def test_session_authentication_through_auth_middleware_stack(ws: Any) -> None:
+    user = await make_user("sessionuser")
+    communicator = await ws(
+        "/ws/session/", application=session_application, headers=await session_cookie(user)
+    )
+    assert await whoami(communicator) == "sessionuser"
+    anonymous = await ws("/ws/session/", application=session_application, auth_ok=False)
+    await assert_refused(anonymous, 403, NOT_PROVIDED)
+
+
+@pytest.mark.parametrize(
+    ("ws_path", "status"),
+    [("/ws/auth/token/", 401), ("/ws/auth/session-first/", 403)],
+    ids=["token-first-401", "session-first-403"],
+)
+@db
+async def test_is_authenticated_denied_status_follows_drf(
+    ws: Any, ws_path: str, status: int
+) -> None:
+    communicator = await ws(ws_path, auth_ok=False)
+    frame = await assert_refused(communicator, status)
+    assert frame == auth_frame(status, NOT_PROVIDED)
+    assert chanx.CLOSE_UNAUTHORIZED == 4401 and chanx.CLOSE_FORBIDDEN == 4403
+
+
+@db
+async def test_allow_any_accepts_anonymous(ws: Any) -> None:
+    communicator = await ws("/ws/work/")
+    (consumer,) = PROBE.consumers
+    assert consumer.user is not None and consumer.user.is_anonymous
+    assert consumer.obj is None
+    await communicator.send_message(EchoMessage(payload=3))
+    assert (await communicator.receive_json_from())["payload"] == 3
+
+
+@pytest.mark.parametrize("prefix", ["/ws/conv/", "/ws/early-conv/"], ids=["late", "early"])
+@db
+async def test_object_permission_with_uuid_objects(ws: Any, prefix: str) -> None:
+    owner = await make_user("owner")
+    stranger = await make_user("stranger")
+    owned = await Conversation.objects.acreate(user=owner, title="mine")
+    anonymous_conversation = await Conversation.objects.acreate(user=None)
+
+    communicator = await ws(f"{prefix}{owned.pk}/", headers=await token_headers(owner))
+    ((obj, authenticator_obj, authenticator_user),) = PROBE.values("obj")
+    assert isinstance(obj, Conversation) and obj.pk == owned.pk
+    assert isinstance(obj.pk, uuid.UUID)
+    assert authenticator_obj == obj and authenticator_user == owner
+    assert await whoami(communicator) == "owner"
+
+    denied = await ws(f"{prefix}{owned.pk}/", user=stranger, auth_ok=False)
+    await assert_refused(denied, 403, "You do not have permission to perform this action.")
+
+    await ws(f"{prefix}{anonymous_conversation.pk}/")  # open to anyone
+    assert PROBE.values("obj")[-1][0] == anonymous_conversation
+
+    missing = await ws(f"{prefix}{uuid.uuid4()}/", user=owner, auth_ok=False)
+    await assert_refused(missing, 404, "Not found.")
+    malformed = await ws(f"{prefix}1234/", user=owner, auth_ok=False)  # not a UUID
+    await assert_refused(malformed, 404)
+    assert chanx.CLOSE_NOT_FOUND == 4404
+
+
+@db
+async def test_consumer_attribute_beats_authenticator_attribute(ws: Any) -> None:
+    closed = await ws("/ws/auth/consumer-closed/", auth_ok=False)
+    await assert_refused(closed, 401)  # IsAuthenticated on the consumer beats AllowAny
+    opened = await ws("/ws/auth/consumer-open/")  # AllowAny on the consumer wins
+    assert await whoami(opened) == ""
+    assert ConsumerWinsOpenConsumer.get_authenticator_class().permission_classes == [AllowAny]
+    assert issubclass(ConsumerWinsOpenConsumer.get_authenticator_class(), ClosedAuthenticator)
+
+
+@db
+async def test_no_authentication_frame_when_disabled(ws: Any) -> None:
+    user = await make_user("quiet")
+    communicator = await ws("/ws/auth/silent/", user=user, auth_ok=False)
+    await communicator.send_message(PingMessage())
+    assert actions(await communicator.receive_all_json(stop_action=None, timeout=0.2)) == [
+        "pong",
+        "complete",
+    ]
+    refused = await ws("/ws/auth/silent/", auth_ok=False)
+    await refused.assert_closed(code=4401)
+    assert refused.received == []
+    with override_settings(CHANX={"SEND_AUTHENTICATION_MESSAGE": False}):
+        plain = await ws("/ws/work/", auth_ok=False)
+        await plain.send_message(EchoMessage(payload=1))
+        assert await plain.receive_json_from() == {"action": "echo_reply", "payload": 1}
+
+
+@db
+async def test_exception_during_authentication_is_a_500(
+    ws: Any, chanx_caplog: pytest.LogCaptureFixture
+) -> None:
+    communicator = await ws("/ws/auth/explode/", auth_ok=False)
+    frame = await assert_refused(communicator, 500)
+    assert frame == auth_frame(500, "Authentication failed because of a server error.")
+    assert "secret-auth-boom" not in json.dumps(communicator.received)
+    assert chanx.CLOSE_SERVER_ERROR == 4500
+    (record,) = [r for r in chanx_caplog.records if r.exc_info]
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+    assert "secret-auth-boom" in chanx_caplog.text
+
+
+async def connect_and_flood(communicator: WebsocketCommunicator, frames: int) -> None:
+    """Connect and send ``frames`` pings at once, before reading anything."""
+    await communicator.send_input({"type": "websocket.connect"})
+    for _ in range(frames):
+        await communicator.send_input(
+            {"type": "websocket.receive", "text": PingMessage().model_dump_json()}
+        )
+    assert (await communicator.receive_output(1))["type"] == "websocket.accept"
+
+
+@db
+async def test_frames_sent_before_a_failed_authentication_are_never_handled() -> None:
+    communicator = WebsocketCommunicator(router, "/ws/auth/token/")
+    try:
+        await connect_and_flood(communicator, 50)
+        await assert_refused(communicator, 401)
+        assert communicator.received == [auth_frame(401, NOT_PROVIDED)]
+        await communicator.send_message(PingMessage())  # after the close, too
+        assert await communicator.receive_nothing(timeout=0.05)
+    finally:
+        await communicator.disconnect()
+    assert PROBE.values("ping") == []
+
+
+@db
+async def test_frames_sent_before_authentication_wait_for_it() -> None:
+    user = await make_user("early")
+    communicator = WebsocketCommunicator(router, "/ws/auth/token/", user=user)
+    try:
+        await connect_and_flood(communicator, 50)
+        await communicator.assert_authenticated_status_ok()  # first, before any pong
+        frames = await communicator.receive_all_json(stop_action=None, timeout=0.2)
+        assert actions(frames) == ["pong", "complete"] * 50
+    finally:
+        await communicator.disconnect()
+    assert len(PROBE.values("ping")) == 50
+
+
+@db
+async def test_authentication_frame_comes_before_any_group_traffic() -> None:
+    communicator = WebsocketCommunicator(router, "/ws/gated/")
+    try:
+        assert (await communicator.connect())[0]
+        await wait_event(PROBE.entered)  # groups joined, post_authentication running
+        await GatedConnectConsumer.broadcast_event(NotifyEvent(payload="early"), "gated")
+        await communicator.receive_nothing(timeout=0.05)  # let the layer reader run
+        PROBE.gate.set()
+        await communicator.assert_authenticated_status_ok()
+        assert await communicator.receive_json_from() == {"action": "notified", "payload": "early"}
+    finally:
+        await communicator.disconnect()
+
+
+def secure_client(application: Any) -> Any:
+    """Middleware standing in for a TLS server: scheme ``wss`` and a client address."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> Any:
+        scope = {**scope, "scheme": "wss", "client": ("10.0.0.7", 4321)}
+        return await application(scope, receive, send)
+
+    return app
+
+
+@db
+async def test_request_is_faithful_to_the_handshake(ws: Any) -> None:
+    headers = [
+        (b"x-multi", b"first"),
+        (b"x-multi", b"second"),
+        (b"cookie", b"a=1; b=2"),
+    ]
+    await ws("/ws/auth/record/abc/?q=1&q=2&x=y", application=secure_client(router), headers=headers)
+    (request,) = PROBE.values("request")
+    assert request == {
+        "multi": "first,second",
+        "cookies": {"a": "1", "b": "2"},
+        "q": ["1", "2"],
+        "x": "y",
+        "remote": "10.0.0.7",
+        "secure": True,
+        "path": "/ws/auth/record/abc/",
+        "method": "GET",
+        "kwargs": {"slug": "abc"},
+    }
+    (consumer,) = PROBE.values("consumer")
+    assert consumer.request is consumer.authenticator.request
+    assert consumer.request.query_params["x"] == "y"
+    assert consumer.scope["url_route"]["kwargs"] == {"slug": "abc"}
+    await ws("/ws/auth/record/plain/")  # scheme "ws"
+    assert PROBE.values("request")[-1]["secure"] is False
+
+
+SPLIT_COOKIES = [(b"cookie", b"a=1"), (b"cookie", b"b=2")]
+
+
+def django_reads_split_cookies() -> bool:
+    """Whether Django's own ASGIRequest joins repeated Cookie headers correctly."""
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": SPLIT_COOKIES}
+    return bool(ASGIRequest(scope, io.BytesIO()).COOKIES == {"a": "1", "b": "2"})
+
+
+@db
+async def test_repeated_cookie_headers_are_all_read(ws: Any) -> None:
+    await ws("/ws/auth/record/abc/", headers=SPLIT_COOKIES)
+    (request,) = PROBE.values("request")
+    assert request["cookies"] == {"a": "1", "b": "2"}
+
+
+###############################################################################
+# Groups ######################################################################
+###############################################################################
+
+
+def chat(text: str, mine: bool, current: bool) -> dict[str, Any]:
+    return {"action": "chat", "payload": text, "is_mine": mine, "is_current": current}
+
+
+async def say(communicator: WebsocketCommunicator, text: str, exclude_current: bool) -> None:
+    await communicator.send_message(
+        SayMessage(payload=SayPayload(text=text, exclude_current=exclude_current))
+    )
+
+
+@db
+async def test_exclude_current(ws: Any) -> None:
+    alice, bob = await make_user("alice"), await make_user("bob")
+    sender = await ws("/ws/rooms/r1/", user=alice)
+    receiver = await ws("/ws/rooms/r1/", user=bob)
+    await say(sender, "one", exclude_current=True)
+    await say(sender, "two", exclude_current=False)
+    assert await receiver.receive_json_from() == chat("one", False, False)
+    assert await receiver.receive_json_from() == chat("two", False, False)
+    # the sender's channel is FIFO: had "one" come back, it would come first
+    assert await sender.receive_json_from() == chat("two", True, True)
+    assert await sender.receive_nothing(timeout=0.02)
+
+
+@db
+async def test_is_mine_and_is_current_for_users_and_tabs(ws: Any) -> None:
+    zero = await make_user("zero", pk=0)  # a falsy primary key is still a user
+    other = await make_user("other")
+    tab1 = await ws("/ws/rooms/r2/", user=zero)
+    tab2 = await ws("/ws/rooms/r2/", user=zero)
+    stranger = await ws("/ws/rooms/r2/", user=other)
+    await say(tab1, "from tab1", exclude_current=False)
+    assert await tab1.receive_json_from() == chat("from tab1", True, True)
+    assert await tab2.receive_json_from() == chat("from tab1", True, False)
+    assert await stranger.receive_json_from() == chat("from tab1", False, False)
+    await say(stranger, "from other", exclude_current=False)
+    assert await tab1.receive_json_from() == chat("from other", False, False)
+    assert await tab2.receive_json_from() == chat("from other", False, False)
+    assert await stranger.receive_json_from() == chat("from other", True, True)
+
+
+@db
+async def test_anonymous_tabs_are_never_mine(ws: Any) -> None:
+    tab1 = await ws("/ws/rooms/anon/")
+    tab2 = await ws("/ws/rooms/anon/")
+    await say(tab1, "hi", exclude_current=False)
+    assert await tab2.receive_json_from() == chat("hi", False, False)
+    assert (await tab1.receive_json_from())["is_current"] is True
+
+
+@db
+async def test_groups_are_left_on_disconnect(ws: Any) -> None:
+    communicator = await ws("/ws/rooms/r3/")
+    layer = get_channel_layer()
+    (consumer,) = PROBE.consumers
+    channel_name = consumer.channel_name
+    assert channel_name in layer.groups["lobby"]
+    assert channel_name in layer.groups["room_r3"]
+    await communicator.disconnect()
+    for group in ("lobby", "room_r3"):
+        assert channel_name not in layer.groups.get(group, {})
+
+
+@db
+async def test_groups_list_is_per_connection(ws: Any) -> None:
+    await ws("/ws/rooms/r4/")
+    await ws("/ws/rooms/r5/")
+    first, second = PROBE.consumers
+    assert first.groups == ["lobby", "room_r4"]
+    assert second.groups == ["lobby", "room_r5"]
+    assert first.groups is not second.groups
+    assert RoomConsumer.groups == ["lobby"]  # the class attribute is untouched
+
+
+@db
+async def test_outgoing_group_message_schema_rejects_other_types(
+    ws: Any, chanx_caplog: pytest.LogCaptureFixture
+) -> None:
+    communicator = await ws("/ws/strict-rooms/r6/")
+    await communicator.send_message(EchoMessage(payload=1))  # sends OtherGroupMessage
+    assert await communicator.receive_json_from() == {
+        "action": "error",
+        "payload": {"detail": "Failed to process message."},
+    }
+    (record,) = [r for r in chanx_caplog.records if r.exc_info]
+    assert record.exc_info is not None and record.exc_info[0] is InvalidEventError
+    assert "ChatGroupMessage" in str(record.exc_info[1])
+    await say(communicator, "allowed", exclude_current=False)
+    assert await communicator.receive_json_from() == chat("allowed", False, True)
+
+
+@db
+async def test_group_complete_and_event_complete(ws: Any) -> None:
+    receiver = await ws("/ws/rooms-complete/r7/")
+    sender = await ws("/ws/rooms-complete/r7/")
+    await say(sender, "hello", exclude_current=True)
+    assert actions(await sender.receive_all_json()) == []  # only "complete"
+    frames = await receiver.receive_all_json(stop_action=GROUP_ACTION_COMPLETE)
+    assert frames == [chat("hello", False, False)]
+    await CompletionRoomConsumer.broadcast_event(NotifyEvent(payload="n"), "room_r7")
+    frames = await receiver.receive_all_json(stop_action=EVENT_ACTION_COMPLETE)
+    assert frames == [{"action": "notified", "payload": "n"}]
+
+
+@db
+async def test_disconnect_hook_can_still_message_its_groups(ws: Any) -> None:
+    leaving = await ws("/ws/farewell/")
+    staying = await ws("/ws/farewell/")
+    await leaving.disconnect()
+    assert PROBE.values("groups_at_disconnect") == [["farewell"]]
+    assert await staying.receive_json_from(timeout=0.5) == chat("bye", False, False)
+
+
+###############################################################################
+# Server-side events ##########################################################
+###############################################################################
+
+
+@db
+async def test_events_by_group_and_by_channel_name(ws: Any) -> None:
+    first = await ws("/ws/rooms/e1/")
+    second = await ws("/ws/rooms/e1/")
+    first_channel, second_channel = PROBE.values("channel_name")
+    await RoomConsumer.broadcast_event(NotifyEvent(payload="to the group"), ["room_e1"])
+    for communicator in (first, second):
+        assert await communicator.receive_json_from() == {
+            "action": "notified",
+            "payload": "to the group",
+        }
+    await RoomConsumer.send_event(NotifyEvent(payload="direct"), second_channel)
+    await RoomConsumer.asend_channel_event("lobby", NotifyEvent(payload="early name"))
+    assert (await second.receive_json_from())["payload"] == "direct"
+    assert (await second.receive_json_from())["payload"] == "early name"
+    assert (await first.receive_json_from())["payload"] == "early name"  # not "direct"
+    assert first_channel != second_channel
+
+
+@db
+async def test_event_without_handler_goes_to_receive_event(ws: Any) -> None:
+    communicator = await ws("/ws/early-events/")
+    await EarlyEventsConsumer.broadcast_event(NotifyEvent(payload="x"), "early-events")
+    assert await communicator.receive_json_from() == {
+        "action": "notified",
+        "payload": "via receive_event: x",
+    }
+    when = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    rich = RichEvent(payload=RichPayload(uid=uuid.uuid4(), at=when, amount=decimal.Decimal(1)))
+    await EarlyEventsConsumer.broadcast_event(rich, "early-events")
+    await EarlyEventsConsumer.broadcast_event(NotifyEvent(payload="y"), "early-events")
+    assert (await communicator.receive_json_from())["payload"] == "via receive_event: y"
+    assert PROBE.calls == [
+        ("receive_event", "notify"),
+        ("event_handler", "rich"),
+        ("receive_event", "notify"),
+    ]
+
+
+@db
+async def test_sync_senders_from_a_worker_thread(ws: Any) -> None:
+    communicator = await ws("/ws/rooms/e2/")
+    (channel_name,) = PROBE.values("channel_name")
+    await sync_to_async(RoomConsumer.broadcast_event_sync)(NotifyEvent(payload="a"), "room_e2")
+    await sync_to_async(RoomConsumer.send_event_sync)(NotifyEvent(payload="b"), channel_name)
+    await sync_to_async(RoomConsumer.send_channel_event)("lobby", NotifyEvent(payload="c"))
+    payloads = [(await communicator.receive_json_from())["payload"] for _ in range(3)]
+    assert payloads == ["a", "b", "c"]
+    # From a plain thread (no event loop anywhere near it), as a task runner calls it.
+    # The in-memory layer only works inside one event loop, so the event is captured.
+    with capture_events(RoomConsumer, suppress=True) as events:
+        await asyncio.to_thread(
+            RoomConsumer.broadcast_event_sync, NotifyEvent(payload="thread"), "room_e2"
+        )
+    assert [(c.event.payload, c.groups) for c in events] == [("thread", ["room_e2"])]
+
+
+@db
+async def test_invalid_events_are_rejected_at_the_sender(ws: Any) -> None:
+    with pytest.raises(InvalidEventError) as info:
+        await RoomConsumer.broadcast_event(UnacceptedEvent(), "lobby")
+    text = str(info.value)
+    assert "UnacceptedEvent" in text
+    for accepted in ("NotifyEvent", "RichEvent", "FailEvent"):
+        assert accepted in text
+    assert isinstance(info.value, TypeError)
+    with pytest.raises(InvalidEventError, match="none"):
+        await HandlerConsumer.send_event(NotifyEvent(payload="x"), "some-channel")
+    with pytest.raises(InvalidEventError, match="CountEvent"):
+        await RoomConsumer.broadcast_event(CountEvent.model_construct(payload=-1), "x")
+    with pytest.raises(InvalidEventError):
+        await RoomConsumer.send_event(PingMessage(), "some-channel")  # type: ignore[arg-type]
+
+
+@db
+async def test_unserialisable_event_is_an_invalid_event_error() -> None:
+    with pytest.raises(InvalidEventError, match="NotifyEvent"):
+        await RoomConsumer.broadcast_event(NotifyEvent.model_construct(payload=object()), "x")
+
+
+@db
+async def test_event_handler_exception_is_logged_and_connection_survives(
+    ws: Any, chanx_caplog: pytest.LogCaptureFixture
+) -> None:
+    communicator = await ws("/ws/rooms-complete/e3/")
+    await CompletionRoomConsumer.broadcast_event(FailEvent(), "room_e3")
+    # completion still tells the client the event was handled
+    assert await communicator.receive_all_json(stop_action=EVENT_ACTION_COMPLETE) == []
+    (record,) = [r for r in chanx_caplog.records if r.getMessage() == "Event handler failed"]
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+    assert record.action == "fail"  # type: ignore[attr-defined]
+    await communicator.send_message(PingMessage())
+    assert actions(await communicator.receive_all_json()) == ["pong"]
+
+
+@db
+async def test_uuid_datetime_decimal_payloads_survive(
+    ws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    communicator = await ws("/ws/rooms/e4/")
+    layer = get_channel_layer()
+    sent: list[Any] = []
+    group_send = layer.group_send
+
+    async def spy(group: str, message: Any) -> None:
+        sent.append(message)
+        await group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", spy)
+    uid = uuid.uuid4()
+    at = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.timezone.utc)
+    amount = decimal.Decimal("12.340")
+    event = RichEvent(payload=RichPayload(uid=uid, at=at, amount=amount))
+    await RoomConsumer.broadcast_event(event, "room_e4")
+    frame = await communicator.receive_json_from()
+    assert json.loads(json.dumps(sent[0])) == sent[0]  # plain JSON types on the layer
+    assert frame["action"] == "rich_message"
+    assert uuid.UUID(frame["payload"]["uid"]) == uid
+    assert datetime.datetime.fromisoformat(frame["payload"]["at"].replace("Z", "+00:00")) == at
+    assert decimal.Decimal(frame["payload"]["amount"]) == amount
+    assert PROBE.values("rich_types") == [(uuid.UUID, datetime.datetime, decimal.Decimal)]
+
+
+@db
+async def test_layer_websocket_receive_is_never_a_client_frame(
+    ws: Any, chanx_caplog: pytest.LogCaptureFixture
+) -> None:
+    communicator = await ws("/ws/rooms/e5/")
+    (channel_name,) = PROBE.values("channel_name")
+    layer = get_channel_layer()
+    fake = {"type": "websocket.receive", "text": PingMessage().model_dump_json()}
+    await layer.send(channel_name, fake)
+    await layer.group_send("lobby", fake)
+    await layer.send(channel_name, {"type": "websocket.disconnect", "code": 1000})
+    await layer.send(channel_name, {"type": "chat.custom", "value": 5})  # Channels-style
+    assert await communicator.receive_json_from() == {"action": "custom", "payload": 5}
+    ignored = [r for r in chanx_caplog.records if "No handler for channel-layer" in r.getMessage()]
+    assert len(ignored) == 3
+    await communicator.send_message(PingMessage())  # still connected
+    assert await communicator.receive_json_from() == {"action": "pong", "payload": None}
+
+
+###############################################################################
+# Test utilities ##############################################################
+###############################################################################
+
+
+class TestWebsocketTestCase(WebsocketTestCase):
+    """chanx's own test case, used as a project would use it."""
+
+    application = router
+    ws_path = "/ws/auth/token/"
+    consumer = PingCountingConsumer
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.user = User.objects.create_user("casey", password="pw")  # setUp data
+        self.token = Token.objects.create(user=self.user)
+        self.header_calls = 0
+
+    def get_ws_headers(self) -> list[tuple[bytes, bytes]]:
+        self.header_calls += 1
+        return [(b"authorization", f"Token {self.token.key}".encode())]
+
+    async def test_setup_data_is_visible_to_the_consumer(self) -> None:
+        assert self.header_calls == 0
+        communicator = self.auth_communicator  # made on first use...
+        assert self.auth_communicator is communicator  # ...and only then
+        assert self.header_calls == 1
+        await communicator.connect()
+        await communicator.assert_authenticated_status_ok()
+        await communicator.send_message(WhoAmIMessage())
+        assert await communicator.receive_all_messages() == [WhoAmIReply(payload="casey")]
+
+    async def test_create_communicator_forces_the_user(self) -> None:
+        other = await User.objects.acreate_user("dana", password="pw")
+        forced = self.create_communicator(user=other)
+        await forced.connect()
+        await forced.assert_authenticated_status_ok()
+        await forced.send_message(WhoAmIMessage())
+        assert await forced.receive_all_messages() == [WhoAmIReply(payload="dana")]
+        anonymous = self.create_communicator()
+        await anonymous.connect()
+        await assert_refused(anonymous, 401)
+
+    async def test_receive_helpers(self) -> None:
+        communicator = self.auth_communicator
+        await communicator.connect()
+        await communicator.assert_authenticated_status_ok()
+        for _ in range(3):
+            await communicator.send_message(PingMessage())
+        pong = {"action": "pong", "payload": None}
+        assert await communicator.receive_all_json() == [pong]  # stops at "complete"
+        assert await communicator.receive_until_action(ACTION_COMPLETE, inclusive=True) == [
+            pong,
+            {"action": "complete", "payload": None},
+        ]
+        messages = await communicator.receive_all_messages(stop_action=None, timeout=0.2)
+        assert messages == [PongMessage(), chanx.CompleteMessage()]
+        assert await communicator.receive_all_json(stop_action=None, timeout=0.02) == []
+        with pytest.raises(AssertionError, match=r"Expected a 'pong' frame within 0\.05s"):
+            await communicator.receive_until_action("pong", timeout=0.05)
+
+    async def test_assertion_messages_show_what_arrived(self) -> None:
+        anonymous = self.create_communicator()
+        await anonymous.connect()
+        with pytest.raises(AssertionError, match=r"got .*'status_code': 401.*credentials"):
+            await anonymous.assert_authenticated_status_ok()
+        with pytest.raises(AssertionError, match="Closed with code 4401, expected 4403"):
+            await anonymous.assert_closed(code=4403)
+
+        communicator = self.auth_communicator
+        await communicator.connect()
+        await communicator.assert_authenticated_status_ok()
+        await communicator.send_message(PingMessage())
+        with pytest.raises(AssertionError, match=r"not closed within 0.1s; received: .*'pong'"):
+            await communicator.assert_closed(timeout=0.1)
+        with pytest.raises(AssertionError, match=r"No frame within 0.02s; received so far"):
+            await communicator.receive_json_from(timeout=0.02)
+
+
+@db
+def test_websocket_test_case_disconnects_its_communicators_at_teardown() -> None:
+    class Case(WebsocketTestCase):
+        application = router
+        ws_path = "/ws/work/"
+
+        async def test_leaves_sockets_open(self) -> None:
+            await self.auth_communicator.connect()
+            await self.auth_communicator.assert_authenticated_status_ok()
+            extra = self.create_communicator()
+            await extra.connect()
+            await extra.assert_authenticated_status_ok()
+
+        async def test_fails_with_a_socket_open(self) -> None:
+            await self.auth_communicator.connect()
+            await self.auth_communicator.assert_authenticated_status_ok()
+            raise AssertionError("this inner test fails on purpose")
+
+    result = unittest.TestResult()
+    unittest.TestSuite([Case("test_leaves_sockets_open")]).run(result)
+    assert result.wasSuccessful(), result.errors + result.failures
+    assert PROBE.values("disconnect") == [1000, 1000]  # WorkConsumer.disconnect ran twice
+
+    unittest.TestSuite([Case("test_fails_with_a_socket_open")]).run(result)
+    assert [str(error) for _, error in result.failures] != []
+    assert PROBE.values("disconnect") == [1000, 1000, 1000]
+
+
+@db
+async def test_capture_events_records_and_still_delivers(ws: Any) -> None:
+    communicator = await ws("/ws/rooms/c1/")
+    (channel_name,) = PROBE.values("channel_name")
+    event = NotifyEvent(payload="seen")
+    with capture_events() as events:
+        await RoomConsumer.broadcast_event(event, "room_c1")
+        await RoomConsumer.send_event(NotifyEvent(payload="direct"), channel_name)
+    assert events == [
+        chanx.CapturedEvent(RoomConsumer, event, ["room_c1"], None),
+        chanx.CapturedEvent(RoomConsumer, NotifyEvent(payload="direct"), [], channel_name),
+    ]
+    assert (await communicator.receive_json_from())["payload"] == "seen"
+    assert (await communicator.receive_json_from())["payload"] == "direct"
+
+
+@db
+async def test_capture_events_suppress_prevents_delivery(ws: Any) -> None:
+    communicator = await ws("/ws/rooms/c2/")
+    with capture_events(RoomConsumer, suppress=True) as events:
+        await RoomConsumer.broadcast_event(NotifyEvent(payload="held back"), "room_c2")
+    assert [captured.event.payload for captured in events] == ["held back"]
+    await RoomConsumer.broadcast_event(NotifyEvent(payload="after"), "room_c2")
+    assert (await communicator.receive_json_from())["payload"] == "after"
+
+
+@db
+async def test_capture_events_filters_by_consumer() -> None:
+    with (
+        capture_events(WorkConsumer, suppress=True) as work_events,
+        capture_events(RoomConsumer, suppress=True) as room_events,
+    ):
+        await RoomConsumer.broadcast_event(NotifyEvent(payload="room"), "nobody")
+        await SubRoomConsumer.broadcast_event(NotifyEvent(payload="sub"), "nobody")
+        await WorkConsumer.broadcast_event(NotifyEvent(payload="work"), "nobody")
+    assert [c.event.payload for c in room_events] == ["room", "sub"]  # subclasses count
+    assert [c.consumer for c in room_events] == [RoomConsumer, SubRoomConsumer]
+    assert [c.event.payload for c in work_events] == ["work"]
+    with pytest.raises(InvalidEventError), capture_events(suppress=True) as events:
+        await RoomConsumer.broadcast_event(UnacceptedEvent(), "nobody")
+    assert events == []  # an invalid event is refused before it is captured
+
+
+# The same WebsocketTestCase under Django's runner and under plain pytest.
+
+_RUNNER_SAMPLE = """
+from django.contrib.auth.models import User
+from channels.routing import URLRouter
+from chanx import AsyncJsonWebsocketConsumer, PingMessage, PongMessage, WebsocketTestCase
+from chanx import path, ws_handler
+from rest_framework.permissions import IsAuthenticated
+
+
+class Whoami(AsyncJsonWebsocketConsumer):
+    permission_classes = [IsAuthenticated]
+    send_completion = True
+
+    @ws_handler
+    async def ping(self, message: PingMessage) -> PongMessage:
+        assert await User.objects.filter(username="runner-user").aexists()
+        return PongMessage()
+
+
+class SampleTest(WebsocketTestCase):
+    application = URLRouter([path("ws/whoami/", Whoami.as_asgi())])
+    ws_path = "/ws/whoami/"
+
+    def setUp(self):
+        self.user = User.objects.create_user("runner-user")
+
+    async def test_forced_user_sees_setup_data(self):
+        communicator = self.create_communicator(user=self.user)
+        await communicator.connect()
+        await communicator.assert_authenticated_status_ok()
+        await communicator.send_message(PingMessage())
+        assert await communicator.receive_all_messages() == [PongMessage()]
+
+    async def test_anonymous_is_refused(self):
+        await self.auth_communicator.connect()
+        await self.auth_communicator.assert_closed(code=4401)
+"""
+
+_NO_PYTEST_DJANGO_CONFTEST = """
+import django, os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django.setup()
+from django.test.utils import setup_databases, setup_test_environment, teardown_databases
+
+def pytest_sessionstart(session):
+    setup_test_environment()
+    session.config._chanx_db = setup_databases(verbosity=0, interactive=False)
+
+def pytest_sessionfinish(session):
+    teardown_databases(session.config._chanx_db, verbosity=0)
+"""
+
+
+def _run_sample(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "sample_tests.py").write_text(_RUNNER_SAMPLE)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO), str(REPO / "example")])
+    )
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    return subprocess.run(
+        [sys.executable, *command],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_websocket_test_case_runs_under_djangos_test_runner(tmp_path: Path) -> None:
+    result = _run_sample(tmp_path, "-m", "django", "test", "sample_tests", "-v", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Ran 2 tests" in result.stderr
+    assert "OK" in result.stderr
+
+
+def test_websocket_test_case_runs_under_pytest_without_pytest_django(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text(_NO_PYTEST_DJANGO_CONFTEST)
+    result = _run_sample(
+        tmp_path,
+        "-m",
+        "pytest",
+        "-p",
+        "no:django",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-c",
+        "/dev/null",
+        "--rootdir",
+        str(tmp_path),
+        "sample_tests.py",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
+###############################################################################
+# Routing and discovery #######################################################
+###############################################################################
+
+
+def test_include_takes_a_dotted_path_a_module_or_a_router(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inner = URLRouter([path("x/", HandlerConsumer.as_asgi())])
+    module = types.ModuleType("chanx_test_routing")
+    module.router = inner  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "chanx_test_routing", module)
+    assert chanx.include("chanx_test_routing") is inner
+    assert chanx.include(module) is inner
+    assert chanx.include(inner) is inner
+    listed = types.ModuleType("listed")
+    listed.router = [path("y/", HandlerConsumer.as_asgi())]  # type: ignore[attr-defined]
+    wrapped = chanx.include(listed)
+    assert isinstance(wrapped, URLRouter) and len(wrapped.routes) == 1
+    with pytest.raises(ChanxConfigError, match="has no 'router'"):
+        chanx.include(types.ModuleType("empty"))
+    # a Django urls module (chanx's own playground) goes to Django's include()
+    urlconf, _app_name, _namespace = chanx.include("chanx")
+    assert urlconf is chanx
+
+
+@db
+async def test_included_router_routes_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("chanx_test_routing")
+    module.router = URLRouter([path("x/", HandlerConsumer.as_asgi())])  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "chanx_test_routing", module)
+    application = URLRouter([path("ws/", chanx.include("chanx_test_routing"))])
+    communicator = WebsocketCommunicator(application, "/ws/x/")
+    try:
+        await communicator.connect()
+        await communicator.assert_authenticated_status_ok()
+        await communicator.send_message(PingMessage())
+        assert (await communicator.receive_json_from())["action"] == "pong"
+    finally:
+        await communicator.disconnect()
+
+
+def nested_application() -> Any:
+    """Seed 000's asgi.py shape: middleware around routers nested two deep."""
+    deepest = URLRouter([re_path(r"^(?P<slug>[-\w]+)/(?P<n>\d+)/?$", WorkConsumer.as_asgi())])
+    ws_router = URLRouter(
+        [
+            re_path(r"^rooms/(?P<room>[a-z]+)/$", RoomConsumer.as_asgi()),
+            path("items/<int:pk>/", HandlerConsumer.as_asgi()),
+            path("nested/", deepest),
+        ]
+    )
+    outer = URLRouter([path("ws/", ws_router), path("plain/", MixedConsumer.as_asgi())])
+    websocket = OriginValidator(AuthMiddlewareStack(CookieMiddleware(outer)), ["*"])
+    return ProtocolTypeRouter({"websocket": websocket})
+
+
+def test_discover_routes_walks_middleware_and_nested_routers() -> None:
+    routes = chanx.discover_routes(nested_application())
+    found = {route.path: (route.path_params, route.consumer) for route in routes}
+    assert found == {
+        "/ws/rooms/<room>/": ({"room": "[a-z]+"}, RoomConsumer),
+        "/ws/items/<pk>/": ({"pk": "[0-9]+"}, HandlerConsumer),
+        "/ws/nested/<slug>/<n>/": ({"slug": r"[-\w]+", "n": r"\d+"}, WorkConsumer),
+        "/plain/": ({}, MixedConsumer),
+    }
+    rooms = next(route for route in routes if route.consumer is RoomConsumer)
+    assert rooms.address == "/ws/rooms/{room}/"
+    assert rooms.name == "RoomConsumer"
+    assert SayMessage in rooms.incoming and ChatGroupMessage not in rooms.incoming
+
+
+@db
+async def test_discovered_nested_application_really_routes() -> None:
+    communicator = WebsocketCommunicator(nested_application(), "/ws/items/5/")
+    try:
+        await communicator.connect()
+        await communicator.assert_authenticated_status_ok()
+        await communicator.send_message(EchoMessage(payload=4))
+        assert await communicator.receive_json_from() == {"action": "echo_reply", "payload": 8}
+    finally:
+        await communicator.disconnect()
+
+
+def test_discover_routes_of_the_example_asgi_application() -> None:
+    import config.asgi
+    from assistants.consumers import AssistantConsumer as ExampleAssistantConsumer
+
+    routes = chanx.discover_routes(config.asgi.application)
+    assert routes, "the example exposes websocket endpoints"
+    by_path = {route.path: route for route in routes}
+    assert by_path["/ws/assistants/"].consumer is ExampleAssistantConsumer
+    assert any("pk" in route.path_params for route in routes)
+    for route in routes:
+        assert route.path.startswith("/ws/"), route
+        assert issubclass(route.consumer, AsyncJsonWebsocketConsumer), route
+    assert [r.path for r in chanx.discover_routes()] == [r.path for r in routes]  # the default
