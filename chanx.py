@@ -271,6 +271,7 @@ class ChanxSettings:
     def __init__(self) -> None:
         self._cache: dict[str, Any] = {}
         self._user: dict[str, Any] | None = None
+        self.version = 0  # bumped on every reload, for caches built from settings
 
     def _user_settings(self) -> dict[str, Any]:
         if self._user is None:
@@ -300,6 +301,7 @@ class ChanxSettings:
             delattr(self, name)
         self._cache.clear()
         self._user = None
+        self.version += 1
 
 
 chanx_settings = ChanxSettings()
@@ -598,7 +600,12 @@ class JsonFormatter(logging.Formatter):
 
 def _log_context(consumer: AsyncJsonWebsocketConsumer[Any], **extra: Any) -> dict[str, Any]:
     """The ``extra`` of a connection's records (built only when a record is emitted)."""
-    context = dict(consumer._log_base)
+    client = consumer.scope.get("client") or ("", "")
+    context = {
+        "conn_id": consumer._conn_id,
+        "path": consumer.scope.get("path", ""),
+        "client": f"{client[0]}:{client[1]}",
+    }
     user = getattr(consumer, "user", None)
     if user is not None and getattr(user, "is_authenticated", False):
         context["user_id"] = str(user.pk)
@@ -1066,6 +1073,71 @@ def _build_meta(cls: type[AsyncJsonWebsocketConsumer[Any]]) -> _ConsumerMeta:
     )
 
 
+_FLAGS = (
+    "send_completion",
+    "send_message_immediately",
+    "send_authentication_message",
+    "log_received_message",
+    "log_sent_message",
+    "log_ignored_actions",
+    "camelize",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """A consumer's flags and limits: attribute -> ``settings.CHANX`` -> default.
+
+    Resolved once per class and settings version and shared by its
+    connections (an instance that sets a flag itself gets its own).
+    """
+
+    send_completion: bool
+    send_message_immediately: bool
+    send_authentication_message: bool
+    log_received_message: bool
+    log_sent_message: bool
+    ignored: frozenset[str]
+    camelize: bool
+    action_key: str
+    plain_wire: bool  # no key translation: validate and dump the JSON text directly
+    max_size: int
+    max_in_flight: int
+    rate: float | None
+    burst: float
+    incoming: TypeAdapter[Any] | None
+
+    @classmethod
+    def of(cls, consumer: AsyncJsonWebsocketConsumer[Any]) -> _Config:
+        klass = type(consumer)
+        own = not consumer.__dict__.keys().isdisjoint(_FLAGS)
+        cached = klass._chanx_config
+        if not own and cached is not None and cached[0] == chanx_settings.version:
+            return cached[1]
+        camelize: bool = _resolve(consumer.camelize, "CAMELIZE")
+        key = chanx_settings.MESSAGE_ACTION_KEY
+        rate = chanx_settings.RATE_LIMIT
+        config = cls(
+            _resolve(consumer.send_completion, "SEND_COMPLETION"),
+            _resolve(consumer.send_message_immediately, "SEND_MESSAGE_IMMEDIATELY"),
+            _resolve(consumer.send_authentication_message, "SEND_AUTHENTICATION_MESSAGE"),
+            _resolve(consumer.log_received_message, "LOG_RECEIVED_MESSAGE"),
+            _resolve(consumer.log_sent_message, "LOG_SENT_MESSAGE"),
+            frozenset(_resolve(consumer.log_ignored_actions, "LOG_IGNORED_ACTIONS")),
+            camelize,
+            key,
+            not camelize and key == "action",
+            chanx_settings.MAX_MESSAGE_SIZE,
+            max(1, chanx_settings.MAX_IN_FLIGHT_MESSAGES),
+            rate,
+            float(chanx_settings.RATE_LIMIT_BURST or rate or 0),
+            klass._chanx_meta.adapter("incoming"),
+        )
+        if not own:
+            klass._chanx_config = (chanx_settings.version, config)
+        return config
+
+
 class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # type: ignore[misc]
     """A websocket consumer with DRF auth, typed messages, groups and events.
 
@@ -1109,22 +1181,18 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     camelize: bool | None = None
 
     _chanx_meta: ClassVar[_ConsumerMeta]
+    _chanx_authenticator: ClassVar[type[ChanxWebsocketAuthenticator] | None] = None
+    _chanx_config: ClassVar[tuple[int, _Config] | None] = None
     # Per connection, set by _setup_connection().
-    _max_size: int
-    _max_in_flight: int
-    _rate: float | None
-    _burst: float
+    _cfg: _Config
+    _conn_id: str
     _tokens: float
     _last_refill: float
-    _incoming: TypeAdapter[Any] | None
-    _action_key: str
-    _plain_wire: bool  # no key translation: validate and dump JSON text directly
-    _chanx_authenticator: ClassVar[type[ChanxWebsocketAuthenticator] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._chanx_meta = _build_meta(cls)
-        cls._chanx_authenticator = None
+        cls._chanx_authenticator = cls._chanx_config = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -1136,16 +1204,15 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         self._closed = False
         self._open = False  # authenticated and reading frames
         self._left = False  # tasks stopped and groups left
-        self._relayed: deque[str] = deque(maxlen=256)  # ids of multi-group messages
-        self._frames: deque[ASGIMessage] = deque()
+        self._relayed: deque[str] | None = None  # ids of multi-group messages
+        self._frames: deque[ASGIMessage] | None = None  # made on the first frame
         self._pending = 0
         self._room: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._layer_reader: asyncio.Task[None] | None = None
         self._frame_seq = 0
         self._user_key: str | None = None
-        self._ignored: frozenset[str] = frozenset()
-        self._log_base: dict[str, Any] = {}
+        self._conn_id = ""
 
     # The connection loop ###################################################
 
@@ -1172,13 +1239,15 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             await self._leave()
 
     async def _accept_frame(self, message: ASGIMessage) -> None:
-        if self._rate is not None and not self._take_token(self._rate):
+        if self._cfg.rate is not None and not self._take_token(self._cfg.rate):
             message = _RATE_LIMITED  # answered in order, its text dropped at once
+        if self._frames is None:
+            self._frames = deque()
         self._frames.append(message)
         self._pending += 1
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain_frames())
-        if self._pending >= self._max_in_flight:  # backpressure: stop reading
+        if self._pending >= self._cfg.max_in_flight:  # backpressure: stop reading
             if self._room is None:
                 self._room = asyncio.Event()
             self._room.clear()
@@ -1186,7 +1255,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     def _take_token(self, rate: float) -> bool:
         now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last_refill) * rate)
+        self._tokens = min(self._cfg.burst, self._tokens + (now - self._last_refill) * rate)
         self._last_refill = now
         if self._tokens >= 1:
             self._tokens -= 1
@@ -1195,7 +1264,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     async def _drain_frames(self) -> None:
         frames = self._frames
-        while frames:
+        while frames:  # not None: a frame is queued before the worker starts
             message = frames.popleft()
             try:
                 if not self._closed:
@@ -1205,12 +1274,12 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             finally:
                 self._pending -= 1
                 room = self._room
-                if room is not None and self._pending < self._max_in_flight:
+                if room is not None and self._pending < self._cfg.max_in_flight:
                     room.set()
 
     async def _handle_frame(self, message: ASGIMessage) -> None:
         text = message.get("text")
-        limit = self._max_size
+        limit = self._cfg.max_size
         if message is _RATE_LIMITED:
             await self.on_bad_frame("Rate limit exceeded; slow down.")
         elif text is None:
@@ -1219,19 +1288,19 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             await self.on_bad_frame(f"Message too large; the limit is {limit} bytes.")
         else:
             await self._dispatch_text(text)
-        if self.send_completion:
+        if self._cfg.send_completion:
             await self._send_complete(_COMPLETE)
 
     async def _dispatch_text(self, text: str) -> None:
-        adapter = self._incoming
+        adapter = self._cfg.incoming
         if adapter is None:
             await self.on_bad_frame("This endpoint does not accept messages.")
             return
         try:
-            if self._plain_wire:
+            if self._cfg.plain_wire:
                 message = adapter.validate_json(text)
             else:
-                data = _from_wire(json.loads(text), self._camelize, self._action_key)
+                data = _from_wire(json.loads(text), self._cfg.camelize, self._cfg.action_key)
                 message = adapter.validate_python(data)
         except ValidationError as exc:
             await self.on_validation_error(exc)
@@ -1242,8 +1311,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         action = message.action
         self._frame_seq += 1
         if (
-            self.log_received_message
-            and action not in self._ignored
+            self._cfg.log_received_message
+            and action not in self._cfg.ignored
             and logger.isEnabledFor(logging.INFO)
         ):
             logger.info(
@@ -1263,7 +1332,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             await self.on_handler_error(exc, message)
 
     def _message_id(self) -> str:
-        return f"{self._log_base.get('conn_id', '')}:{self._frame_seq}"
+        return f"{self._conn_id}:{self._frame_seq}"
 
     async def _leave(self) -> None:
         """Cancel and await this connection's tasks, then leave its groups (once)."""
@@ -1275,7 +1344,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        self._frames.clear()
+        if self._frames:
+            self._frames.clear()
         if self.channel_layer is not None:
             for group in self.groups:  # the list stays, for disconnect()
                 try:
@@ -1286,33 +1356,11 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     # Connect and authenticate ##############################################
 
     def _setup_connection(self) -> None:
-        """Resolve flags (attribute -> settings.CHANX -> default) once per connection."""
-        self.send_completion = _resolve(self.send_completion, "SEND_COMPLETION")
-        self.send_message_immediately = _resolve(
-            self.send_message_immediately, "SEND_MESSAGE_IMMEDIATELY"
-        )
-        self.send_authentication_message = _resolve(
-            self.send_authentication_message, "SEND_AUTHENTICATION_MESSAGE"
-        )
-        self.log_received_message = _resolve(self.log_received_message, "LOG_RECEIVED_MESSAGE")
-        self.log_sent_message = _resolve(self.log_sent_message, "LOG_SENT_MESSAGE")
-        self._ignored = frozenset(_resolve(self.log_ignored_actions, "LOG_IGNORED_ACTIONS"))
-        self._camelize: bool = _resolve(self.camelize, "CAMELIZE")
-        self._action_key = chanx_settings.MESSAGE_ACTION_KEY
-        self._plain_wire = not self._camelize and self._action_key == "action"
-        self._max_size = chanx_settings.MAX_MESSAGE_SIZE
-        self._max_in_flight = max(1, chanx_settings.MAX_IN_FLIGHT_MESSAGES)
-        self._rate = chanx_settings.RATE_LIMIT
-        self._burst = float(chanx_settings.RATE_LIMIT_BURST or self._rate or 0)
-        self._tokens = self._burst
-        self._last_refill = time.monotonic()
-        self._incoming = self._chanx_meta.adapter("incoming")
-        client = self.scope.get("client") or ("", "")
-        self._log_base = {
-            "conn_id": uuid.uuid4().hex[:12],
-            "path": self.scope.get("path", ""),
-            "client": f"{client[0]}:{client[1]}",
-        }
+        """Resolve the flags and limits, and name the connection for the log."""
+        self._cfg = _Config.of(self)
+        if self._cfg.rate is not None:
+            self._tokens, self._last_refill = self._cfg.burst, time.monotonic()
+        self._conn_id = uuid.uuid4().hex[:12]
 
     async def websocket_connect(self, message: ASGIMessage) -> None:
         """Accept, authenticate, join groups, run the post-authentication hook."""
@@ -1330,7 +1378,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             logger.exception("Websocket authentication failed", extra=_log_context(self))
             detail = {"detail": "Authentication failed because of a server error."}
             result = AuthenticationResult(False, 500, "Internal Server Error", detail)
-        if self.send_authentication_message:
+        if self._cfg.send_authentication_message:
             payload = AuthenticationPayload(
                 status_code=result.status_code,
                 status_text=result.status_text,
@@ -1420,7 +1468,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     async def on_validation_error(self, error: ValidationError) -> None:
         """A frame failed validation; sends the errors (without input echo)."""
-        await self.send_message(ErrorMessage(payload=_clean_errors(error, self._action_key)))
+        await self.send_message(ErrorMessage(payload=_clean_errors(error, self._cfg.action_key)))
 
     async def on_bad_frame(self, detail: str) -> None:
         """A frame could not be read (binary, too large, ...); sends the detail."""
@@ -1441,20 +1489,20 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         await self._send_text(self._dump(message), message.action)
 
     def _dump(self, message: BaseModel, exclude: set[str] | None = None) -> str:
-        if self._plain_wire:
+        if self._cfg.plain_wire:
             return message.model_dump_json(exclude=exclude)
         data = message.model_dump(mode="json", exclude=exclude)
-        return json.dumps(_to_wire(data, self._camelize, self._action_key))
+        return json.dumps(_to_wire(data, self._cfg.camelize, self._cfg.action_key))
 
     async def _send_complete(self, message: BaseMessage) -> None:
-        text = _COMPLETION_TEXT[message.action] if self._plain_wire else self._dump(message)
+        text = _COMPLETION_TEXT[message.action] if self._cfg.plain_wire else self._dump(message)
         await self._send_text(text)  # completion frames are not logged
 
     async def send_json(self, content: Any, close: bool = False) -> None:
         """Send any JSON-serialisable content (keys translated like messages)."""
         action = content.get("action") if isinstance(content, dict) else None
-        if not self._plain_wire:
-            content = _to_wire(content, self._camelize, self._action_key)
+        if not self._cfg.plain_wire:
+            content = _to_wire(content, self._cfg.camelize, self._cfg.action_key)
         await self._send_text(json.dumps(content), action)
         if close:
             await self.close()
@@ -1465,12 +1513,12 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         await self.base_send({"type": "websocket.send", "text": text})
         if (
             action is not None
-            and self.log_sent_message
-            and action not in self._ignored
+            and self._cfg.log_sent_message
+            and action not in self._cfg.ignored
             and logger.isEnabledFor(logging.INFO)
         ):
             logger.info("Sent websocket message", extra=_log_context(self, action=action))
-        if self.send_message_immediately:
+        if self._cfg.send_message_immediately:
             await asyncio.sleep(0)
 
     # Groups ################################################################
@@ -1506,8 +1554,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     ) -> None:
         """Send a JSON object to groups, relayed like ``send_group_message``."""
         action = content.get("action")
-        if not self._plain_wire:
-            content = _to_wire(content, self._camelize, self._action_key)
+        if not self._cfg.plain_wire:
+            content = _to_wire(content, self._cfg.camelize, self._cfg.action_key)
         await self._send_to_groups_text(json.dumps(content), action, groups, exclude_current)
 
     async def _send_to_groups_text(
@@ -1571,14 +1619,16 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         if is_current and message["exclude_current"]:
             return
         if "id" in message:
-            if message["id"] in self._relayed:
+            if self._relayed is None:
+                self._relayed = deque(maxlen=256)
+            elif message["id"] in self._relayed:
                 return
             self._relayed.append(message["id"])
         sender = message["from_user"]
         is_mine = sender is not None and sender == self._user_key
         mine_key, current_key = (
             ("isMine", "isCurrent")
-            if self._camelize
+            if self._cfg.camelize
             else (
                 "is_mine",
                 "is_current",
@@ -1590,7 +1640,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             f'"{current_key}":{"true" if is_current else "false"}}}'
         )
         await self._send_text(text[:-1] + ("," if len(text) > 2 else "") + flags, message["action"])
-        if self.send_completion:
+        if self._cfg.send_completion:
             await self._send_complete(_GROUP_COMPLETE)
 
     async def _dispatch_custom(self, message: ASGIMessage) -> None:
@@ -1627,7 +1677,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                     await self.send_message(reply)
         except Exception:
             logger.exception("Event handler failed", extra=_log_context(self, action=event.action))
-        if self.send_completion:
+        if self._cfg.send_completion:
             await self._send_complete(_EVENT_COMPLETE)
 
     @classmethod
@@ -2060,10 +2110,250 @@ def _route_summary(route: RouteInfo) -> dict[str, Any]:
 # Playground ##################################################################
 ###############################################################################
 
-_PLAYGROUND_HTML = """<!doctype html><html><head><meta charset="utf-8">
-<title>chanx playground</title></head><body><h1>chanx playground</h1>
-<p><a href="{{ASYNCAPI_URL}}">AsyncAPI</a> <a href="{{ROUTES_URL}}">routes</a></p>
-</body></html>"""
+_PLAYGROUND_HTML = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>chanx websocket playground</title>
+<link rel="icon" href="data:,">
+<style>
+:root{--ink:#1f2430;--muted:#4a5163;--faint:#6b7385;--line:#c8cfdb;--blue:#2f6fde;
+  --mono:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
+  color:var(--ink);background:#f3f5f8}
+header{display:flex;align-items:center;gap:16px;padding:10px 20px;background:var(--ink);color:#fff}
+header h1{margin:0;font-size:17px;font-weight:600}
+header a{color:#9cc4ff;margin-left:auto}
+main{display:grid;grid-template-columns:minmax(320px,440px) 1fr;align-items:start;gap:16px;
+  padding:16px 20px}
+section{display:flex;flex-direction:column;gap:8px;min-width:0;padding:14px 16px;
+  background:#fff;border:1px solid #dde2ea;border-radius:8px}
+h2{margin:4px 0 0;font-size:12px;text-transform:uppercase;letter-spacing:.06em;color:var(--faint)}
+label,.hint{font-size:12px;color:var(--muted)}
+input,select,textarea,button{font:inherit}
+input,select,textarea{width:100%;padding:6px 8px;border:1px solid var(--line);border-radius:5px;
+  background:#fff;color:inherit}
+input.bad{border-color:#d33;background:#fff5f5}
+textarea{font:13px/1.4 var(--mono);min-height:170px;resize:vertical}
+#description{color:var(--muted);white-space:pre-wrap;margin:0}
+#description:empty{display:none}
+#params{display:flex;flex-direction:column;gap:6px}
+#url{font:12px var(--mono);background:#f3f5f8;border-radius:4px;padding:5px 8px;
+  word-break:break-all}
+.row{display:flex;gap:8px;align-items:center}
+button{padding:6px 14px;border:1px solid var(--blue);border-radius:5px;background:var(--blue);
+  color:#fff;cursor:pointer}
+button.secondary{background:#fff;color:var(--blue)}
+button:disabled{opacity:.45;cursor:default}
+#status,#clear{margin-left:auto}
+#status{font-size:12px;padding:2px 8px;border-radius:10px;background:#e6e9ef}
+#status.open{background:#daf5e1;color:#17692f} #status.closed{background:#fde2e2;color:#9b1c1c}
+#status.connecting{background:#fff1c9;color:#7a5a00}
+#logpanel{min-height:calc(100vh - 90px)}
+#log{flex:1;overflow:auto;max-height:calc(100vh - 150px);display:flex;flex-direction:column;
+  gap:6px}
+#log:empty::before{content:"No messages yet. Connect to an endpoint to start.";color:#8a92a3}
+.entry{border-left:4px solid #9aa3b5;background:#f7f8fb;border-radius:4px;padding:5px 10px}
+.entry.sent{border-color:var(--blue);background:#f1f6ff}
+.entry.received{border-color:#1f9d55;background:#f0fbf4}
+.entry.received.err{border-color:#d33;background:#fff3f3}
+.entry.system{color:var(--muted);display:flex;gap:10px;align-items:baseline}
+.meta{display:flex;gap:10px;font-size:12px;color:var(--faint)}
+.meta b{font-weight:600;color:var(--ink)}
+.entry pre{margin:3px 0 0;font:12.5px/1.4 var(--mono);white-space:pre-wrap;word-break:break-word}
+.entry.system pre{margin:0}
+@media (max-width:860px){main{grid-template-columns:1fr} #logpanel{min-height:0} }
+</style>
+</head>
+<body data-routes-url="{{ROUTES_URL}}">
+<header>
+  <h1>chanx websocket playground</h1>
+  <a id="asyncapi" href="{{ASYNCAPI_URL}}" target="_blank" rel="noopener">AsyncAPI document</a>
+</header>
+<main>
+<section>
+  <h2>Endpoint</h2>
+  <select id="endpoint" aria-label="Endpoint"></select>
+  <p id="description"></p>
+  <div id="params"></div>
+  <label for="query">Query string (optional)</label>
+  <input id="query" placeholder="key=value&amp;other=1" autocomplete="off">
+  <div id="url"></div>
+  <div class="row">
+    <button id="connect">Connect</button>
+    <button id="disconnect" class="secondary" disabled>Disconnect</button>
+    <span id="status">disconnected</span>
+  </div>
+  <h2>Message</h2>
+  <select id="template" aria-label="Message template"></select>
+  <textarea id="message" spellcheck="false" aria-label="Message"></textarea>
+  <div class="row">
+    <button id="send" disabled>Send</button>
+    <span class="hint">Ctrl+Enter sends; the text is sent as is</span>
+  </div>
+</section>
+<section id="logpanel">
+  <div class="row"><h2>Log</h2><button id="clear" class="secondary">Clear</button></div>
+  <div id="log" aria-live="polite"></div>
+</section>
+</main>
+<script>
+(function () {
+  "use strict";
+  // Everything from the server or the user goes in with textContent, never innerHTML.
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, cls, text) => {
+    const e = Object.assign(document.createElement(tag), {className: cls || ""});
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const NL = String.fromCharCode(10);
+  const LABELS = {sent: "\u2192 sent", received: "\u2190 received", system: "system"};
+  let routes = [], baseUrl = "", ws = null;
+
+  const now = (d = new Date()) =>
+    d.toTimeString().slice(0, 8) + "." + String(d.getMilliseconds()).padStart(3, "0");
+  function fmt(v, ind) {  // indented JSON; short objects and arrays stay on one line
+    if (v === null || typeof v !== "object") return JSON.stringify(v);
+    const arr = Array.isArray(v), inner = ind + "  ";
+    const items = arr ? v.map((x) => fmt(x, inner))
+      : Object.keys(v).map((k) => JSON.stringify(k) + ": " + fmt(v[k], inner));
+    const [open, close] = arr ? ["[", "]"] : ["{", "}"];
+    const line = open + items.join(", ") + close;
+    if (!items.length || (ind.length + line.length <= 64 && !line.includes(NL))) return line;
+    return open + NL + inner + items.join("," + NL + inner) + NL + ind + close;
+  }
+  function log(kind, text) {
+    const entry = el("div", "entry " + kind), meta = el("div", "meta");
+    meta.append(el("b", "", LABELS[kind]), el("span", "time", now()));
+    let body = text, obj = null;
+    if (kind !== "system") {
+      try { obj = JSON.parse(text); body = fmt(obj, ""); } catch (e) { obj = null; }
+    }
+    if (obj && typeof obj === "object" && typeof obj.action === "string") {
+      meta.append(el("span", "action", obj.action));
+      if (kind === "received" && obj.action === "error") entry.classList.add("err");
+    }
+    entry.append(meta, el("pre", "", body));
+    const box = $("log");
+    const stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 30;
+    box.append(entry);
+    if (stick) box.scrollTop = box.scrollHeight;
+  }
+  function setStatus(state, text) {
+    $("status").className = state;
+    $("status").textContent = text || state;
+    const active = state === "open" || state === "connecting";
+    $("connect").disabled = active;
+    $("disconnect").disabled = !active;
+    $("send").disabled = state !== "open";
+  }
+  const current = () => routes[$("endpoint").value] || null;
+
+  function buildUrl() {
+    const r = current();
+    if (!r) return "";
+    let addr = r.address || r.path || "";
+    for (const input of $("params").querySelectorAll("input")) {
+      addr = addr.split("{" + input.dataset.name + "}").join(encodeURIComponent(input.value));
+    }
+    let base = baseUrl || (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
+    if (base.endsWith("/") && addr.startsWith("/")) base = base.slice(0, -1);
+    const q = $("query").value.trim().replace(/^[?]/, "");
+    return base + addr + (q ? "?" + q : "");
+  }
+  function refreshUrl() {
+    for (const input of $("params").querySelectorAll("input")) {
+      let ok = true;  // flag values the route's regex would not match
+      try {
+        ok = !input.value || new RegExp("^(?:" + input.placeholder + ")$").test(input.value);
+      } catch (e) { /* a Python-only regex: no check */ }
+      input.classList.toggle("bad", !ok);
+    }
+    $("url").textContent = buildUrl();
+  }
+  function selectEndpoint() {
+    const r = current();
+    $("description").textContent = r ? r.description || "" : "";
+    $("params").replaceChildren();
+    for (const p of (r && r.path_params) || []) {
+      const input = el("input");
+      Object.assign(input, {id: "param-" + p.name, placeholder: p.pattern || ""});
+      input.dataset.name = p.name;
+      input.addEventListener("input", refreshUrl);
+      const label = el("label", "", p.name);
+      label.htmlFor = input.id;
+      $("params").append(label, input);
+    }
+    const text = (m) => m.action + " \u2014 " + m.name;
+    const opts = ((r && r.messages) || []).map((m, i) => new Option(text(m), i));
+    $("template").replaceChildren(...opts, new Option("(custom message)", ""));
+    selectTemplate();
+    refreshUrl();
+  }
+  function selectTemplate() {
+    const r = current(), i = $("template").value;
+    const m = r && i !== "" ? r.messages[Number(i)] : null;
+    $("message").value = m ? JSON.stringify(m.example ?? null, null, 2) : "";
+    $("message").title = (m && m.description) || "";
+  }
+  function connect() {
+    const url = buildUrl();
+    let sock;
+    try { sock = new WebSocket(url); } catch (e) { return log("system", "error: " + e.message); }
+    ws = sock;
+    sock.binaryType = "arraybuffer";
+    setStatus("connecting", "connecting\u2026");
+    log("system", "connecting to " + url);
+    sock.onopen = () => {
+      if (ws === sock) { setStatus("open"); log("system", "connection open"); }
+    };
+    sock.onmessage = (ev) => log("received", typeof ev.data === "string"
+      ? ev.data : "[binary frame, " + ev.data.byteLength + " bytes]");
+    sock.onerror = () => log("system", "websocket error");
+    sock.onclose = (ev) => {
+      const text = "closed (code " + ev.code + (ev.reason ? ": " + ev.reason : "") + ")";
+      log("system", text);
+      if (ws === sock) { ws = null; setStatus("closed", text); }
+    };
+  }
+  function send() {
+    if (!ws || ws.readyState !== WebSocket.OPEN) { log("system", "not connected"); return; }
+    const text = $("message").value;
+    ws.send(text);
+    log("sent", text);
+  }
+
+  $("endpoint").addEventListener("change", selectEndpoint);
+  $("template").addEventListener("change", selectTemplate);
+  $("query").addEventListener("input", refreshUrl);
+  $("connect").addEventListener("click", connect);
+  $("disconnect").addEventListener("click", () => ws && ws.close(1000, "closed by user"));
+  $("send").addEventListener("click", send);
+  $("clear").addEventListener("click", () => $("log").replaceChildren());
+  $("message").addEventListener("input", () => { $("template").value = ""; });
+  $("message").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); send(); }
+  });
+
+  const init = {credentials: "same-origin", headers: {Accept: "application/json"} };
+  fetch(document.body.dataset.routesUrl, init)
+    .then((res) => { if (!res.ok) throw new Error("HTTP " + res.status); return res.json(); })
+    .then((data) => {
+      baseUrl = data.base_url || "";
+      routes = data.routes || [];
+      const label = (r) => r.path + "  (" + r.name + ")";
+      $("endpoint").replaceChildren(...routes.map((r, i) => new Option(label(r), i)));
+      if (!routes.length) log("system", "no websocket routes found");
+      selectEndpoint();
+    })
+    .catch((e) => log("system", "failed to load routes: " + e.message));
+})();
+</script>
+</body>
+</html>"""
 
 
 def _playground_allowed(request: HttpRequest) -> bool:
