@@ -869,95 +869,74 @@ class _Handler:
     returns: tuple[type[BaseModel], ...]
     actions: tuple[str, ...]
 
-    @property
-    def summary(self) -> str | None:
-        return self.spec.summary
-
-    @property
-    def description(self) -> str | None:
-        return self.spec.description
-
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
 
-def _require_coroutine(fn: Callable[..., Any]) -> None:
-    if not inspect.iscoroutinefunction(fn):
-        raise ChanxConfigError(f"Handler {fn.__qualname__} must be an async def method.")
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn)
 
 
-def _handler_decorator(
-    kind: Literal["ws", "event"],
-    func: _F | None,
-    action: str | None,
-    summary: str | None,
-    description: str | None,
-    tags: Iterable[str] | None,
-) -> Any:
-    def mark(fn: _F) -> _F:
-        _require_coroutine(fn)
-        doc = inspect.getdoc(fn)
-        fn.__chanx_handler__ = _HandlerSpec(  # type: ignore[attr-defined]
-            kind,
-            action,
-            summary or (doc.splitlines()[0] if doc else None),
-            description or doc,
-            tuple(tags or ()),
-        )
-        return fn
+class _HandlerMarker:
+    """``@ws_handler`` / ``@event_handler``, bare or with keyword arguments."""
 
-    return mark(func) if func is not None else mark
+    def __init__(self, kind: Literal["ws", "event"], doc: str) -> None:
+        self.kind = kind
+        self.__doc__ = doc
+
+    @typing.overload
+    def __call__(self, func: _F, /) -> _F: ...
+    @typing.overload
+    def __call__(
+        self,
+        /,
+        *,
+        action: str | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> Callable[[_F], _F]: ...
+    def __call__(
+        self,
+        func: _F | None = None,
+        /,
+        *,
+        action: str | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> Any:
+        def mark(fn: _F) -> _F:
+            if not _is_async(fn):
+                raise ChanxConfigError(f"Handler {fn.__qualname__} must be an async def method.")
+            doc = inspect.getdoc(fn)
+            first_line = doc.splitlines()[0] if doc else None
+            spec = _HandlerSpec(
+                self.kind, action, summary or first_line, description or doc, tuple(tags or ())
+            )
+            fn.__chanx_handler__ = spec  # type: ignore[attr-defined]
+            return fn
+
+        return mark(func) if func is not None else mark
 
 
-@typing.overload
-def ws_handler(func: _F, /) -> _F: ...
-@typing.overload
-def ws_handler(
-    *,
-    action: str | None = None,
-    summary: str | None = None,
-    description: str | None = None,
-    tags: Iterable[str] | None = None,
-) -> Callable[[_F], _F]: ...
-def ws_handler(
-    func: _F | None = None,
-    /,
-    *,
-    action: str | None = None,
-    summary: str | None = None,
-    description: str | None = None,
-    tags: Iterable[str] | None = None,
-) -> Any:
+ws_handler = _HandlerMarker(
+    "ws",
     """Mark ``async def handle_x(self, message: XMessage) -> Reply | None``.
 
     The argument's type (or union) is what the consumer accepts for it; a
     returned message is sent to the client. ``action`` narrows a handler to
-    one action of its argument's type; the rest document it.
-    """
-    return _handler_decorator("ws", func, action, summary, description, tags)
+    one action of its argument's type; ``summary``, ``description`` (default:
+    the docstring) and ``tags`` document it.
+    """,
+)
+event_handler = _HandlerMarker(
+    "event",
+    """Mark ``async def on_x(self, event: XEvent) -> Message | None`` for server events.
 
-
-@typing.overload
-def event_handler(func: _F, /) -> _F: ...
-@typing.overload
-def event_handler(
-    *,
-    action: str | None = None,
-    summary: str | None = None,
-    description: str | None = None,
-    tags: Iterable[str] | None = None,
-) -> Callable[[_F], _F]: ...
-def event_handler(
-    func: _F | None = None,
-    /,
-    *,
-    action: str | None = None,
-    summary: str | None = None,
-    description: str | None = None,
-    tags: Iterable[str] | None = None,
-) -> Any:
-    """Mark ``async def on_x(self, event: XEvent) -> Message | None`` for server events."""
-    return _handler_decorator("event", func, action, summary, description, tags)
+    Same arguments as ``ws_handler``; a returned message is sent to the client.
+    """,
+)
 
 
 _C = TypeVar("_C", bound=type)
@@ -2009,10 +1988,10 @@ def asyncapi_schema(
                 "channel": {"$ref": f"#/channels/{cid}"},
                 "messages": refs_to(accepts),
             }
-            if handler.summary:
-                op["summary"] = handler.summary
-            if handler.description:
-                op["description"] = handler.description
+            if handler.spec.summary:
+                op["summary"] = handler.spec.summary
+            if handler.spec.description:
+                op["description"] = handler.spec.description
             if handler.spec.tags:
                 op["tags"] = [{"name": t} for t in handler.spec.tags]
             if handler.returns:
