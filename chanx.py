@@ -116,6 +116,7 @@ from channels.layers import get_channel_layer
 from channels.routing import ProtocolTypeRouter, URLRouter
 from django.core import checks
 from django.core.exceptions import ObjectDoesNotExist
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import setting_changed
 from django.db import close_old_connections
@@ -127,6 +128,7 @@ from django.urls import re_path as _django_re_path
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 from rest_framework import serializers
+from rest_framework.exceptions import APIException
 from rest_framework.request import ForcedAuthentication, Request
 from rest_framework.response import Response
 from typing_extensions import TypeVar as TypeVar_
@@ -750,7 +752,7 @@ class ChanxWebsocketAuthenticator:
         if self.lookup_url_kwarg is not None:
             view.lookup_url_kwarg = self.lookup_url_kwarg
         view.args, view.kwargs, view.format_kwarg = (), kwargs, None
-        view.headers = view.default_response_headers
+        view.headers = {}
         return view
 
     def authenticate_sync(self, scope: Scope) -> AuthenticationResult:
@@ -766,7 +768,11 @@ class ChanxWebsocketAuthenticator:
         view.request = request
         self.request = request
         try:
-            view.initial(request)
+            # APIView.initial() without content negotiation: no response to render.
+            request.version, request.versioning_scheme = view.determine_version(request)
+            view.perform_authentication(request)
+            view.check_permissions(request)
+            view.check_throttles(request)
             obj = None
             if view.queryset is not None:
                 lookup = view.lookup_url_kwarg or view.lookup_field
@@ -779,8 +785,8 @@ class ChanxWebsocketAuthenticator:
                 obj = view.get_object()
         except (Http404, ObjectDoesNotExist):
             return self._failure(404, {"detail": "Not found."})
-        except Exception as exc:
-            response = view.handle_exception(exc)  # re-raises what is not a DRF error
+        except (APIException, DjangoPermissionDenied) as exc:  # anything else: a 500
+            response = view.handle_exception(exc)  # DRF's status code, header and detail
             return self._failure(response.status_code, response.data)
         self.user, self.obj = request.user, obj
         return AuthenticationResult(True, 200, "OK", {"detail": "OK"}, self.user, obj)
