@@ -684,11 +684,10 @@ def _build_request(scope: Scope, method: str) -> HttpRequest:
     name and port; ``wss`` becomes ``https`` so ``is_secure()`` is right.
     """
     http_scope = dict(scope)
-    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"cookie"]
     cookies = [v for k, v in scope.get("headers", ()) if k.lower() == b"cookie"]
-    if cookies:  # HTTP/2 splits cookies over headers; they join with "; "
-        headers.append((b"cookie", b"; ".join(cookies)))
-    http_scope["headers"] = headers
+    if len(cookies) > 1:  # HTTP/2 splits cookies over headers; they join with "; "
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"cookie"]
+        http_scope["headers"] = [*headers, (b"cookie", b"; ".join(cookies))]
     http_scope["type"] = "http"
     http_scope["method"] = method.upper()
     http_scope["scheme"] = _HTTP_SCHEMES.get(scope.get("scheme", "ws"), "http")
