@@ -674,6 +674,7 @@ def __dir__() -> list[str]:
 
 
 _HTTP_SCHEMES = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
+_REQUEST_SCOPE_KEYS = ("path", "raw_path", "root_path", "query_string", "client", "server")
 
 
 def _build_request(scope: Scope, method: str) -> HttpRequest:
@@ -683,14 +684,21 @@ def _build_request(scope: Scope, method: str) -> HttpRequest:
     joined as HTTP does), cookies, the query string, REMOTE_ADDR, server
     name and port; ``wss`` becomes ``https`` so ``is_secure()`` is right.
     """
-    http_scope = dict(scope)
-    cookies = [v for k, v in scope.get("headers", ()) if k.lower() == b"cookie"]
+    headers = scope.get("headers", [])
+    cookies = [v for k, v in headers if k.lower() == b"cookie"]
     if len(cookies) > 1:  # HTTP/2 splits cookies over headers; they join with "; "
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"cookie"]
-        http_scope["headers"] = [*headers, (b"cookie", b"; ".join(cookies))]
-    http_scope["type"] = "http"
-    http_scope["method"] = method.upper()
-    http_scope["scheme"] = _HTTP_SCHEMES.get(scope.get("scheme", "ws"), "http")
+        headers = [
+            *((k, v) for k, v in headers if k.lower() != b"cookie"),
+            (b"cookie", b"; ".join(cookies)),
+        ]
+    # Only what ASGIRequest reads: the request outlives the handshake.
+    http_scope = {key: scope[key] for key in _REQUEST_SCOPE_KEYS if key in scope}
+    http_scope.update(
+        type="http",
+        method=method.upper(),
+        scheme=_HTTP_SCHEMES.get(scope.get("scheme", "ws"), "http"),
+        headers=headers,
+    )
     request = ASGIRequest(http_scope, io.BytesIO())
     if "user" in scope:  # from AuthMiddlewareStack, for SessionAuthentication
         request.user = scope["user"]
@@ -788,6 +796,10 @@ class ChanxWebsocketAuthenticator:
             response = view.handle_exception(exc)  # DRF's status code, header and detail
             return self._failure(response.status_code, response.data)
         self.user, self.obj = request.user, obj
+        # The request lives as long as the connection; the view and the
+        # authenticators that were tried need not (memory per connection).
+        request.parser_context.pop("view", None)
+        request.authenticators = ()
         return AuthenticationResult(True, 200, "OK", {"detail": "OK"}, self.user, obj)
 
     def _failure(self, status_code: int, data: Any) -> AuthenticationResult:
