@@ -75,8 +75,7 @@ def ensure_asyncapi_specs() -> None:
         print("npm not found: the AsyncAPI schema test will be skipped.", flush=True)
         return
     NODE_DIR.mkdir(parents=True, exist_ok=True)
-    run(npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", NODE_DIR,
-        ASYNCAPI_SPECS)
+    run(npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", NODE_DIR, ASYNCAPI_SPECS)
 
 
 def example() -> None:
@@ -84,15 +83,18 @@ def example() -> None:
     manage = [PYTHON, ROOT / "example" / "manage.py"]
     run(*manage, "migrate", "--noinput", "-v", "0")
     run(*manage, "demo")
-    os.execv(str(PYTHON), [str(PYTHON), str(ROOT / "example" / "manage.py"), "runserver",
-                           "127.0.0.1:8000"])
+    os.execv(
+        str(PYTHON),
+        [str(PYTHON), str(ROOT / "example" / "manage.py"), "runserver", "127.0.0.1:8000"],
+    )
 
 
 def test(extra: list[str]) -> None:
     ensure_venv(TEST)
     ensure_asyncapi_specs()
-    env = dict(os.environ, ASYNCAPI_SPECS_DIR=str(NODE_DIR / "node_modules" / "@asyncapi" /
-                                                  "specs"))
+    env = dict(
+        os.environ, ASYNCAPI_SPECS_DIR=str(NODE_DIR / "node_modules" / "@asyncapi" / "specs")
+    )
     result = subprocess.run([str(PYTHON), "-m", "pytest", *extra], cwd=ROOT, env=env)
     sys.exit(result.returncode)
 

@@ -29,9 +29,18 @@ def outer(a: argparse.Namespace) -> int:
     tmp = __import__("tempfile").mkdtemp(prefix="chanx-bench-prof-")
     env = run.peer_env(a.peer, tmp)
     env["BENCH_PROFILE_INNER"] = "1"
-    cmd = [run._venv_python(run.PEERS[a.peer]["venv"]), os.path.abspath(__file__),
-           "--peer", run.PEERS[a.peer]["module"], "--what", a.what, "-n", str(a.n), "--top", str(a.top)] + (
-               ["--attribute", a.attribute] if a.attribute else [])
+    cmd = [
+        run._venv_python(run.PEERS[a.peer]["venv"]),
+        os.path.abspath(__file__),
+        "--peer",
+        run.PEERS[a.peer]["module"],
+        "--what",
+        a.what,
+        "-n",
+        str(a.n),
+        "--top",
+        str(a.top),
+    ] + (["--attribute", a.attribute] if a.attribute else [])
     return subprocess.call(cmd, env=env, cwd=HERE)
 
 
@@ -87,14 +96,24 @@ def inner(a: argparse.Namespace) -> int:
             print(f"{total / a.n:,.0f} bytes per connection held (driver included), top sites:")
             for s in stats[: a.top]:
                 fr = s.traceback[0]
-                print(f"{s.size_diff / a.n:9,.0f} B/conn {s.count_diff / a.n:6.1f} blocks/conn  "
-                      f"{fr.filename}:{fr.lineno}")
+                print(
+                    f"{s.size_diff / a.n:9,.0f} B/conn {s.count_diff / a.n:6.1f} blocks/conn  "
+                    f"{fr.filename}:{fr.lineno}"
+                )
             if a.attribute:
                 # charge every allocation to the innermost frame in a matching file
                 by: dict = {}
-                for s in after.filter_traces(flt).compare_to(before.filter_traces(flt), "traceback"):
-                    site = next((f"{f.filename}:{f.lineno}" for f in s.traceback
-                                 if a.attribute in f.filename), "(not under " + a.attribute + ")")
+                for s in after.filter_traces(flt).compare_to(
+                    before.filter_traces(flt), "traceback"
+                ):
+                    site = next(
+                        (
+                            f"{f.filename}:{f.lineno}"
+                            for f in s.traceback
+                            if a.attribute in f.filename
+                        ),
+                        "(not under " + a.attribute + ")",
+                    )
                     by[site] = by.get(site, 0) + s.size_diff
                 print(f"\nheld bytes per connection by innermost frame in *{a.attribute}*:")
                 for site, size in sorted(by.items(), key=lambda kv: -kv[1])[: a.top]:
@@ -108,8 +127,11 @@ def inner(a: argparse.Namespace) -> int:
             res = await worker.fanout(peer, app, a.n, 3, 0, a.what)
             prof.disable()
         else:
-            work = {"connect": lambda n: connects(n), "echo": lambda n: echoes("echo", n),
-                    "nohop": lambda n: echoes("echo-nohop", n)}[a.what]
+            work = {
+                "connect": lambda n: connects(n),
+                "echo": lambda n: echoes("echo", n),
+                "nohop": lambda n: echoes("echo-nohop", n),
+            }[a.what]
             await work(max(10, a.n // 10))  # warm
             prof = cProfile.Profile()
             prof.enable()
@@ -127,14 +149,22 @@ def inner(a: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--peer", default="chanx")
-    ap.add_argument("--what", default="connect",
-                    choices=["connect", "echo", "nohop", "memory", "fanout", "chat"])
+    ap.add_argument(
+        "--what",
+        default="connect",
+        choices=["connect", "echo", "nohop", "memory", "fanout", "chat"],
+    )
     ap.add_argument("-n", type=int, default=500)
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--attribute", metavar="SUBSTR",
-                    help="memory: also charge allocations to the innermost frame whose file contains SUBSTR")
+    ap.add_argument(
+        "--attribute",
+        metavar="SUBSTR",
+        help="memory: also charge allocations to the innermost frame whose file contains SUBSTR",
+    )
     a = ap.parse_args()
     return inner(a) if os.environ.get("BENCH_PROFILE_INNER") else outer(a)
 

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -38,7 +39,12 @@ WORKER = os.path.join(BENCH, "worker.py")
 # peer -> venv, module under bench/peers/, label; "chanx" also gets the repo on PYTHONPATH.
 PEERS = {
     "raw": {"venv": "current", "module": "raw", "label": "raw Channels"},
-    "chanx": {"venv": "current", "module": "chanx_repo", "label": "chanx (repo)", "repo_path": True},
+    "chanx": {
+        "venv": "current",
+        "module": "chanx_repo",
+        "label": "chanx (repo)",
+        "repo_path": True,
+    },
     "chanx213": {"venv": "chanx213", "module": "chanx213", "label": "chanx 2.13.0"},
     "dcrf": {"venv": "dcrf", "module": "dcrf", "label": "dcrf 1.3.0"},
 }
@@ -47,27 +53,51 @@ CLIENT_VENV = "current"
 
 FULL = {
     "reps": 5,
-    "seq_n": 5000, "seq_warm": 500,
-    "pipe_batch": 1000, "pipe_batches": 5,
-    "connect_n": 1000, "connect_warm": 50,
-    "fanout_conns": 1000, "fanout_bcasts": 5, "fanout_warm": 1,
+    "seq_n": 5000,
+    "seq_warm": 500,
+    "pipe_batch": 1000,
+    "pipe_batches": 5,
+    "connect_n": 1000,
+    "connect_warm": 50,
+    "fanout_conns": 1000,
+    "fanout_bcasts": 5,
+    "fanout_warm": 1,
     "mem_conns": 1000,
-    "sock1_msgs": 2000, "sock1_warm": 200,
-    "sockc_conns": 50, "sockc_msgs": 200, "sockc_warm": 20,
+    "sock1_msgs": 2000,
+    "sock1_warm": 200,
+    "sockc_conns": 50,
+    "sockc_msgs": 200,
+    "sockc_warm": 20,
 }
 QUICK = {
     "reps": 1,
-    "seq_n": 200, "seq_warm": 20,
-    "pipe_batch": 100, "pipe_batches": 2,
-    "connect_n": 20, "connect_warm": 5,
-    "fanout_conns": 50, "fanout_bcasts": 2, "fanout_warm": 1,
+    "seq_n": 200,
+    "seq_warm": 20,
+    "pipe_batch": 100,
+    "pipe_batches": 2,
+    "connect_n": 20,
+    "connect_warm": 5,
+    "fanout_conns": 50,
+    "fanout_bcasts": 2,
+    "fanout_warm": 1,
     "mem_conns": 50,
-    "sock1_msgs": 100, "sock1_warm": 10,
-    "sockc_conns": 5, "sockc_msgs": 20, "sockc_warm": 2,
+    "sock1_msgs": 100,
+    "sock1_warm": 10,
+    "sockc_conns": 5,
+    "sockc_msgs": 20,
+    "sockc_warm": 2,
 }
 # keys --scale multiplies (message and connect counts; not connection counts)
-SCALED = ("seq_n", "seq_warm", "pipe_batch", "connect_n", "sock1_msgs", "sock1_warm",
-          "sockc_msgs", "sockc_warm")
+SCALED = (
+    "seq_n",
+    "seq_warm",
+    "pipe_batch",
+    "connect_n",
+    "sock1_msgs",
+    "sock1_warm",
+    "sockc_msgs",
+    "sockc_warm",
+)
 
 JOBS = {  # job -> in-process scenarios (the "socket" job is special)
     "messages": ["verify", "seq", "pipe", "nohop_seq", "nohop_pipe"],
@@ -94,18 +124,34 @@ def ensure_venv(name: str, base_python: str) -> str:
     for fn in ("requirements-common.txt", f"requirements-{name}.txt"):
         with open(os.path.join(BENCH, fn), "rb") as f:
             h.update(f.read())
-    h.update(subprocess.run([base_python, "-c", "import sys; print(sys.version)"],
-                            capture_output=True, text=True, check=True).stdout.encode())
+    h.update(
+        subprocess.run(
+            [base_python, "-c", "import sys; print(sys.version)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.encode()
+    )
     digest = h.hexdigest()
     stamp = os.path.join(path, ".bench-stamp")
-    if os.path.exists(stamp) and open(stamp).read().strip() == digest:
+    if os.path.exists(stamp) and Path(stamp).read_text().strip() == digest:
         return _venv_python(name)
     log(f"[setup] creating {os.path.relpath(path, REPO)} ...")
     shutil.rmtree(path, ignore_errors=True)
     subprocess.run([base_python, "-m", "venv", path], check=True)
-    subprocess.run([_venv_python(name), "-m", "pip", "install", "-q",
-                    "--disable-pip-version-check", "-r",
-                    os.path.join(BENCH, f"requirements-{name}.txt")], check=True)
+    subprocess.run(
+        [
+            _venv_python(name),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-r",
+            os.path.join(BENCH, f"requirements-{name}.txt"),
+        ],
+        check=True,
+    )
     with open(stamp, "w") as f:
         f.write(digest + "\n")
     return _venv_python(name)
@@ -141,12 +187,29 @@ def _tail(path: str, n: int = 15) -> str:
 def run_inproc(peer: str, scenarios: list[str], sizes: dict, tmp: str, timeout: float) -> dict:
     out = os.path.join(tmp, f"out-{peer}-{time.monotonic_ns()}.json")
     logf = out + ".log"
-    cmd = [_venv_python(PEERS[peer]["venv"]), WORKER, "inproc", "--peer", PEERS[peer]["module"],
-           "--scenarios", ",".join(scenarios), "--sizes", json.dumps(sizes), "--out", out]
+    cmd = [
+        _venv_python(PEERS[peer]["venv"]),
+        WORKER,
+        "inproc",
+        "--peer",
+        PEERS[peer]["module"],
+        "--scenarios",
+        ",".join(scenarios),
+        "--sizes",
+        json.dumps(sizes),
+        "--out",
+        out,
+    ]
     with open(logf, "wb") as lf:
         try:
-            p = subprocess.run(cmd, env=peer_env(peer, tmp), stdout=lf, stderr=subprocess.STDOUT,
-                               timeout=timeout, cwd=BENCH)
+            p = subprocess.run(
+                cmd,
+                env=peer_env(peer, tmp),
+                stdout=lf,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                cwd=BENCH,
+            )
         except subprocess.TimeoutExpired:
             raise JobError(f"timed out after {timeout:.0f}s\n{_tail(logf)}") from None
     if p.returncode != 0 or not os.path.exists(out):
@@ -160,9 +223,20 @@ def run_socket(peer: str, sizes: dict, tmp: str, timeout: float) -> dict:
     slog = ready + ".server.log"
     with open(slog, "wb") as lf:
         server = subprocess.Popen(
-            [_venv_python(PEERS[peer]["venv"]), WORKER, "serve", "--peer", PEERS[peer]["module"],
-             "--ready-file", ready],
-            env=peer_env(peer, tmp), stdout=lf, stderr=subprocess.STDOUT, cwd=BENCH)
+            [
+                _venv_python(PEERS[peer]["venv"]),
+                WORKER,
+                "serve",
+                "--peer",
+                PEERS[peer]["module"],
+                "--ready-file",
+                ready,
+            ],
+            env=peer_env(peer, tmp),
+            stdout=lf,
+            stderr=subprocess.STDOUT,
+            cwd=BENCH,
+        )
     try:
         deadline = time.monotonic() + 60
         while not os.path.exists(ready):
@@ -179,13 +253,35 @@ def run_socket(peer: str, sizes: dict, tmp: str, timeout: float) -> dict:
         ):
             out = os.path.join(tmp, f"client-{peer}-{name}-{time.monotonic_ns()}.json")
             clog = out + ".log"
-            cmd = [_venv_python(CLIENT_VENV), WORKER, "client", "--url", url,
-                   "--server-pid", str(info["pid"]), "--conns", str(conns), "--msgs", str(msgs),
-                   "--warm", str(warm), "--connect-frames", str(CONNECT_FRAMES[peer]), "--out", out]
+            cmd = [
+                _venv_python(CLIENT_VENV),
+                WORKER,
+                "client",
+                "--url",
+                url,
+                "--server-pid",
+                str(info["pid"]),
+                "--conns",
+                str(conns),
+                "--msgs",
+                str(msgs),
+                "--warm",
+                str(warm),
+                "--connect-frames",
+                str(CONNECT_FRAMES[peer]),
+                "--out",
+                out,
+            ]
             with open(clog, "wb") as lf:
                 try:
-                    p = subprocess.run(cmd, env=peer_env("client", tmp), stdout=lf,
-                                       stderr=subprocess.STDOUT, timeout=timeout, cwd=BENCH)
+                    p = subprocess.run(
+                        cmd,
+                        env=peer_env("client", tmp),
+                        stdout=lf,
+                        stderr=subprocess.STDOUT,
+                        timeout=timeout,
+                        cwd=BENCH,
+                    )
                 except subprocess.TimeoutExpired:
                     raise JobError(f"client timed out\n{_tail(clog)}\n{_tail(slog)}") from None
             if p.returncode != 0 or not os.path.exists(out):
@@ -236,18 +332,67 @@ ROWS = [
 
 # (label, metric, numerator peer, denominator peer, denominator metric, op, threshold)
 TARGETS = [
-    ("over uvicorn, {sockc_conns} conns: throughput vs raw", "sockc.msgs_per_s", "raw", None, ">=", 2.0),
-    ("over uvicorn, {sockc_conns} conns: throughput vs chanx 2.13", "sockc.msgs_per_s", "chanx213", None, ">=", 2.5),
-    ("over uvicorn, {sockc_conns} conns: p99 latency vs raw", "sockc.p99_us", "raw", None, "<=", 0.2),
-    ("library overhead without the DB hop, sequential", "nohop_seq.us_per_msg", "raw", None, "<=", 1.15),
+    (
+        "over uvicorn, {sockc_conns} conns: throughput vs raw",
+        "sockc.msgs_per_s",
+        "raw",
+        None,
+        ">=",
+        2.0,
+    ),
+    (
+        "over uvicorn, {sockc_conns} conns: throughput vs chanx 2.13",
+        "sockc.msgs_per_s",
+        "chanx213",
+        None,
+        ">=",
+        2.5,
+    ),
+    (
+        "over uvicorn, {sockc_conns} conns: p99 latency vs raw",
+        "sockc.p99_us",
+        "raw",
+        None,
+        "<=",
+        0.2,
+    ),
+    (
+        "library overhead without the DB hop, sequential",
+        "nohop_seq.us_per_msg",
+        "raw",
+        None,
+        "<=",
+        1.15,
+    ),
     ("↳ same, CPU time", "nohop_seq.cpu_us_per_msg", "raw", None, "<=", 1.15),
-    ("library overhead without the DB hop, pipelined", "nohop_pipe.us_per_msg", "raw", None, "<=", 1.15),
+    (
+        "library overhead without the DB hop, pipelined",
+        "nohop_pipe.us_per_msg",
+        "raw",
+        None,
+        "<=",
+        1.15,
+    ),
     ("↳ same, CPU time", "nohop_pipe.cpu_us_per_msg", "raw", None, "<=", 1.15),
-    ("connect + DRF auth vs bare Channels connect", "connect.us_per_connect", "raw", None, "<=", 1.5),
+    (
+        "connect + DRF auth vs bare Channels connect",
+        "connect.us_per_connect",
+        "raw",
+        None,
+        "<=",
+        1.5,
+    ),
     ("↳ same, CPU time", "connect.cpu_us_per_connect", "raw", None, "<=", 1.5),
     ("fan-out to {fanout_conns} vs raw group_send", "fanout.ms", "raw", None, "<=", 1.1),
     ("↳ same, CPU time", "fanout.cpu_ms", "raw", None, "<=", 1.1),
-    ("memory per idle authenticated conn vs raw", "memory.traced_bytes_per_conn", "raw", None, "<=", 1.1),
+    (
+        "memory per idle authenticated conn vs raw",
+        "memory.traced_bytes_per_conn",
+        "raw",
+        None,
+        "<=",
+        1.1,
+    ),
 ]
 
 
@@ -273,23 +418,39 @@ def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: 
     L: list[str] = []
     L.append(f"# chanx benchmark results ({meta['mode']})\n")
     L.append(f"- date: {meta['date']}")
-    L.append(f"- machine: {meta['nproc']} CPUs (`nproc`), {meta['cpu']}, load avg at start / end "
-             f"{meta['load_start']} / {meta['load_end']} (shared machine)")
+    L.append(
+        f"- machine: {meta['nproc']} CPUs (`nproc`), {meta['cpu']}, load avg at start / end "
+        f"{meta['load_start']} / {meta['load_end']} (shared machine)"
+    )
     v = meta["versions"].get("current", {})
-    L.append(f"- Python {v.get('python')}, Django {v.get('Django')}, Channels {v.get('channels')}, "
-             f"DRF {v.get('djangorestframework')}, pydantic {v.get('pydantic')}; "
-             f"uvicorn {v.get('uvicorn')} (uvloop {v.get('uvloop')}, httptools, websockets-sansio), "
-             f"websockets {v.get('websockets')} client")
-    L.append(f"- peers: " + "; ".join(
-        f"{PEERS[p]['label']}" + (f" = `chanx.py` sha256 {meta['chanx_sha']}, {meta['chanx_lines']} lines"
-                                  if p == "chanx" else "")
-        for p in peers))
-    L.append(f"- {sizes['reps']} repetition(s), median shown; jobs interleaved across peers, "
-             f"peer order rotated each repetition; run time {meta['elapsed']:.0f}s")
+    L.append(
+        f"- Python {v.get('python')}, Django {v.get('Django')}, Channels {v.get('channels')}, "
+        f"DRF {v.get('djangorestframework')}, pydantic {v.get('pydantic')}; "
+        f"uvicorn {v.get('uvicorn')} (uvloop {v.get('uvloop')}, httptools, websockets-sansio), "
+        f"websockets {v.get('websockets')} client"
+    )
+    L.append(
+        "- peers: "
+        + "; ".join(
+            f"{PEERS[p]['label']}"
+            + (
+                f" = `chanx.py` sha256 {meta['chanx_sha']}, {meta['chanx_lines']} lines"
+                if p == "chanx"
+                else ""
+            )
+            for p in peers
+        )
+    )
+    L.append(
+        f"- {sizes['reps']} repetition(s), median shown; jobs interleaved across peers, "
+        f"peer order rotated each repetition; run time {meta['elapsed']:.0f}s"
+    )
     L.append(f"- sizes: {json.dumps({k: v for k, v in sizes.items() if k != 'reps'})}")
     L.append("")
-    L.append("Each cell: median value, and in parentheses the ratio to raw Channels "
-             "(peer / raw; for msg/s higher is better, for everything else lower is better).\n")
+    L.append(
+        "Each cell: median value, and in parentheses the ratio to raw Channels "
+        "(peer / raw; for msg/s higher is better, for everything else lower is better).\n"
+    )
     L.append("| metric | unit | " + " | ".join(PEERS[p]["label"] for p in peers) + " |")
     L.append("|---|---|" + "---|" * len(peers))
     for row in ROWS:
@@ -322,18 +483,32 @@ def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: 
             r = num / d
             ok = r >= thr if op == ">=" else r <= thr
             a_vals, b_vals = data["chanx"].get(metric, []), data[den].get(metric, [])
-            per_rep = [x / y for x, y in zip(a_vals, b_vals) if y] if len(a_vals) == len(b_vals) else []
+            per_rep = (
+                [x / y for x, y in zip(a_vals, b_vals, strict=True) if y]
+                if len(a_vals) == len(b_vals)
+                else []
+            )
             rng = f"{min(per_rep):.2f}–{max(per_rep):.2f}×" if len(per_rep) > 1 else "—"
-            L.append(f"| {label.format(**sizes)} | {r:.2f}× | {rng} | {op} {thr}× | {'PASS' if ok else 'MISS'} |")
+            L.append(
+                f"| {label.format(**sizes)} | {r:.2f}× | {rng} | {op} {thr}× | {'PASS' if ok else 'MISS'} |"
+            )
         L.append("")
-    L.append("Thread hops (`sync_to_async` calls) per echo message on the default / no-hop "
-             "route, and per connect: " + "; ".join(
-                 f"{PEERS[p]['label']} " + " / ".join(
-                     _fmt(x) if x is not None else "—" for x in (
-                         median_of(data, p, "verify.hops_per_msg_echo"),
-                         median_of(data, p, "verify.hops_per_msg_echo_nohop"),
-                         median_of(data, p, "verify.hops_per_connect")))
-                 for p in peers))
+    L.append(
+        "Thread hops (`sync_to_async` calls) per echo message on the default / no-hop "
+        "route, and per connect: "
+        + "; ".join(
+            f"{PEERS[p]['label']} "
+            + " / ".join(
+                _fmt(x) if x is not None else "—"
+                for x in (
+                    median_of(data, p, "verify.hops_per_msg_echo"),
+                    median_of(data, p, "verify.hops_per_msg_echo_nohop"),
+                    median_of(data, p, "verify.hops_per_connect"),
+                )
+            )
+            for p in peers
+        )
+    )
     if errors:
         L.append("\n## Errors\n")
         for e in errors:
@@ -352,7 +527,7 @@ def update_readme(report: str) -> None:
         return
     body = report.split("\n", 1)[1]  # drop the H1
     body = body.replace("\n## ", "\n### ")
-    new = text[: text.index(start) + len(start)] + "\n" + body + text[text.index(end):]
+    new = text[: text.index(start) + len(start)] + "\n" + body + text[text.index(end) :]
     with open(path, "w") as f:
         f.write(new)
 
@@ -383,18 +558,32 @@ def _load() -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes, 1 repetition (smoke test)")
-    ap.add_argument("--peers", default="raw,chanx,chanx213,dcrf",
-                    help="comma list of raw,chanx,chanx213,dcrf (raw is always added: it is the baseline)")
+    ap.add_argument(
+        "--peers",
+        default="raw,chanx,chanx213,dcrf",
+        help="comma list of raw,chanx,chanx213,dcrf (raw is always added: it is the baseline)",
+    )
     ap.add_argument("--only", default=",".join(JOBS), help=f"comma list of jobs: {','.join(JOBS)}")
     ap.add_argument("--reps", type=int, help="repetitions (default 5, --quick 1)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply message/connect counts")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=N",
-                    help=f"override one size, e.g. --set fanout_conns=500 (keys: {', '.join(k for k in FULL if k != 'reps')})")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=N",
+        help=f"override one size, e.g. --set fanout_conns=500 (keys: {', '.join(k for k in FULL if k != 'reps')})",
+    )
     ap.add_argument("--python", default=sys.executable, help="interpreter the venvs are made from")
-    ap.add_argument("--out", help="report path (default bench/results.md; --quick: bench/out/quick-results.md)")
-    ap.add_argument("--no-readme", action="store_true", help="do not update bench/README.md's table")
+    ap.add_argument(
+        "--out", help="report path (default bench/results.md; --quick: bench/out/quick-results.md)"
+    )
+    ap.add_argument(
+        "--no-readme", action="store_true", help="do not update bench/README.md's table"
+    )
     a = ap.parse_args()
 
     sizes = dict(QUICK if a.quick else FULL)
@@ -430,8 +619,9 @@ def main() -> int:
     meta["versions"] = {}
     for venv in sorted({PEERS[p]["venv"] for p in peers} | {CLIENT_VENV}):
         py = ensure_venv(venv, a.python)
-        meta["versions"][venv] = json.loads(subprocess.run(
-            [py, WORKER, "info"], capture_output=True, text=True, check=True).stdout)
+        meta["versions"][venv] = json.loads(
+            subprocess.run([py, WORKER, "info"], capture_output=True, text=True, check=True).stdout
+        )
     if "chanx" in peers:
         with open(os.path.join(REPO, "chanx.py"), "rb") as f:
             src = f.read()
@@ -450,7 +640,7 @@ def main() -> int:
             f.write(src)
     try:
         for rep in range(sizes["reps"]):
-            order = peers[rep % len(peers):] + peers[: rep % len(peers)]
+            order = peers[rep % len(peers) :] + peers[: rep % len(peers)]
             for job in jobs:
                 for peer in order:
                     t0 = time.monotonic()
@@ -462,27 +652,39 @@ def main() -> int:
                     except JobError as e:
                         msg = f"rep {rep + 1} job {job} peer {peer}: {e}"
                         errors.append(msg)
-                        log(f"[rep {rep + 1}/{sizes['reps']}] {job:<11} {peer:<8} ERROR (see report)")
+                        log(
+                            f"[rep {rep + 1}/{sizes['reps']}] {job:<11} {peer:<8} ERROR (see report)"
+                        )
                         continue
                     for scen, vals in res.items():
                         for k, v in vals.items():
                             if isinstance(v, (int, float)):
                                 data[peer].setdefault(f"{scen}.{k}", []).append(v)
-                    log(f"[rep {rep + 1}/{sizes['reps']}] {job:<11} {peer:<8} "
-                        f"{time.monotonic() - t0:5.1f}s")
+                    log(
+                        f"[rep {rep + 1}/{sizes['reps']}] {job:<11} {peer:<8} "
+                        f"{time.monotonic() - t0:5.1f}s"
+                    )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta["load_end"] = _load()
     meta["elapsed"] = time.monotonic() - t_start
 
     report = build_report(data, peers, sizes, meta, errors)
-    default_out = os.path.join(BENCH, "out", "quick-results.md") if a.quick else os.path.join(BENCH, "results.md")
+    default_out = (
+        os.path.join(BENCH, "out", "quick-results.md")
+        if a.quick
+        else os.path.join(BENCH, "results.md")
+    )
     out = a.out or default_out
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(report)
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
-        json.dump({"meta": meta, "sizes": sizes, "peers": peers, "data": data, "errors": errors}, f, indent=1)
+        json.dump(
+            {"meta": meta, "sizes": sizes, "peers": peers, "data": data, "errors": errors},
+            f,
+            indent=1,
+        )
     if not a.quick and not a.no_readme and a.out is None:
         update_readme(report)
     print(report)

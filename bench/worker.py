@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import importlib
 import json
@@ -53,13 +54,22 @@ def versions() -> dict:
     from importlib import metadata
 
     out = {"python": sys.version.split()[0], "executable": sys.executable}
-    for dist in ("Django", "channels", "djangorestframework", "pydantic",
-                 "pydantic_core", "uvicorn", "websockets", "uvloop", "httptools",
-                 "psutil", "chanx", "djangochannelsrestframework"):
-        try:
+    for dist in (
+        "Django",
+        "channels",
+        "djangorestframework",
+        "pydantic",
+        "pydantic_core",
+        "uvicorn",
+        "websockets",
+        "uvloop",
+        "httptools",
+        "psutil",
+        "chanx",
+        "djangochannelsrestframework",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -88,9 +98,7 @@ class Conn:
             "subprotocols": [],
             "state": {},
         }
-        self.task = asyncio.get_running_loop().create_task(
-            app(scope, self.inq.get, self._send)
-        )
+        self.task = asyncio.get_running_loop().create_task(app(scope, self.inq.get, self._send))
 
     async def _send(self, message):
         sink = self.sink
@@ -205,7 +213,11 @@ async def seq(peer, app, route: str, n: int, warm: int) -> dict:
     await c.close()
     if bad is not None:
         raise _bad_reply(route, bad, ref)
-    return {"us_per_msg": dt / n / 1e3, "cpu_us_per_msg": dc / n / 1e3, "msgs_per_s": n / (dt / 1e9)}
+    return {
+        "us_per_msg": dt / n / 1e3,
+        "cpu_us_per_msg": dc / n / 1e3,
+        "msgs_per_s": n / (dt / 1e9),
+    }
 
 
 async def pipe(peer, app, route: str, batch: int, batches: int) -> dict:
@@ -229,8 +241,11 @@ async def pipe(peer, app, route: str, batch: int, batches: int) -> dict:
     if bad is not None:
         raise _bad_reply(route, bad, ref)
     n = batch * batches
-    return {"us_per_msg": total / n / 1e3, "cpu_us_per_msg": total_cpu / n / 1e3,
-            "msgs_per_s": n / (total / 1e9)}
+    return {
+        "us_per_msg": total / n / 1e3,
+        "cpu_us_per_msg": total_cpu / n / 1e3,
+        "msgs_per_s": n / (total / 1e9),
+    }
 
 
 async def connect(peer, app, n: int, warm: int) -> dict:
@@ -246,9 +261,11 @@ async def connect(peer, app, n: int, warm: int) -> dict:
         if i >= warm:
             times.append(dt)
             cpus += dc
-    return {"us_per_connect": statistics.fmean(times) / 1e3,
-            "cpu_us_per_connect": cpus / n / 1e3,
-            "p50_us": statistics.median(times) / 1e3}
+    return {
+        "us_per_connect": statistics.fmean(times) / 1e3,
+        "cpu_us_per_connect": cpus / n / 1e3,
+        "p50_us": statistics.median(times) / 1e3,
+    }
 
 
 async def fanout(peer, app, nconns: int, rounds: int, warm: int, kind: str) -> dict:
@@ -260,7 +277,9 @@ async def fanout(peer, app, nconns: int, rounds: int, warm: int, kind: str) -> d
     """
     from channels.layers import get_channel_layer
 
-    route = {"fanout": "/ws/fanout/", "fanout_nohop": "/ws/fanout-nohop/", "chat": "/ws/chat/"}[kind]
+    route = {"fanout": "/ws/fanout/", "fanout_nohop": "/ws/fanout-nohop/", "chat": "/ws/chat/"}[
+        kind
+    ]
     group = peer.CHAT_GROUP if kind == "chat" else peer.FANOUT_GROUP
     expected = peer.expected_chat if kind == "chat" else peer.expected_fanout
     state = {"count": 0, "target": nconns, "event": None, "last": None}
@@ -281,8 +300,10 @@ async def fanout(peer, app, nconns: int, rounds: int, warm: int, kind: str) -> d
     deadline = time.monotonic() + 60
     while len(layer.groups.get(group, ())) < nconns:
         if time.monotonic() > deadline:
-            raise BenchError(f"only {len(layer.groups.get(group, ()))} of "
-                             f"{nconns} connections joined group {group!r}")
+            raise BenchError(
+                f"only {len(layer.groups.get(group, ()))} of "
+                f"{nconns} connections joined group {group!r}"
+            )
         await asyncio.sleep(0.01)
     times, cpus = [], []
     for i in range(warm + rounds):
@@ -291,8 +312,12 @@ async def fanout(peer, app, nconns: int, rounds: int, warm: int, kind: str) -> d
         text = f"{TEXT} {i}"
         c0, t0 = cpu(), perf()
         if kind == "chat":
-            conns[0].inq.put_nowait({"type": "websocket.receive", "text": json.dumps(
-                {"action": "shout", "payload": {"text": text}})})
+            conns[0].inq.put_nowait(
+                {
+                    "type": "websocket.receive",
+                    "text": json.dumps({"action": "shout", "payload": {"text": text}}),
+                }
+            )
         else:
             await peer.broadcast(text, kind == "fanout_nohop")
         await asyncio.wait_for(state["event"].wait(), 120)
@@ -307,8 +332,11 @@ async def fanout(peer, app, nconns: int, rounds: int, warm: int, kind: str) -> d
             times.append(dt)
             cpus.append(dc)
     await close_all(conns)
-    return {"ms": statistics.median(times) / 1e6, "cpu_ms": statistics.median(cpus) / 1e6,
-            "us_per_conn": statistics.median(times) / 1e3 / nconns}
+    return {
+        "ms": statistics.median(times) / 1e6,
+        "cpu_ms": statistics.median(cpus) / 1e6,
+        "us_per_conn": statistics.median(times) / 1e3 / nconns,
+    }
 
 
 async def memory(peer, app, nconns: int) -> dict:
@@ -399,7 +427,9 @@ async def run_inproc(peer_name: str, scenarios: list[str], sizes: dict) -> dict:
         elif name == "connect":
             res[name] = await connect(peer, app, s["connect_n"], s["connect_warm"])
         elif name in ("fanout", "fanout_nohop", "chat"):
-            res[name] = await fanout(peer, app, s["fanout_conns"], s["fanout_bcasts"], s["fanout_warm"], name)
+            res[name] = await fanout(
+                peer, app, s["fanout_conns"], s["fanout_bcasts"], s["fanout_warm"], name
+            )
         elif name == "memory":
             res[name] = await memory(peer, app, s["mem_conns"])
         else:
@@ -448,8 +478,9 @@ async def client(a) -> dict:
     server = psutil.Process(a.server_pid)
     conns = []
     for _ in range(a.conns):
-        ws = await ws_connect(a.url, compression=None, ping_interval=None, max_queue=None,
-                              open_timeout=30)
+        ws = await ws_connect(
+            a.url, compression=None, ping_interval=None, max_queue=None, open_timeout=30
+        )
         for _ in range(a.connect_frames):
             await ws.recv()
         conns.append(ws)

@@ -15,14 +15,13 @@ from typing import Literal
 
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
-from django.urls import path
-from pydantic import BaseModel
-from rest_framework.permissions import AllowAny
-
 from chanx.channels.authenticator import DjangoAuthenticator
 from chanx.channels.websocket import AsyncJsonWebsocketConsumer
 from chanx.core.decorators import event_handler, ws_handler
 from chanx.messages.base import BaseMessage
+from django.urls import path
+from pydantic import BaseModel
+from rest_framework.permissions import AllowAny
 
 from peers.raw import NoHopMixin
 

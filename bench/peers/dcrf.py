@@ -66,9 +66,7 @@ class ChatConsumer(EchoConsumer):
 
 
 async def broadcast(text: str, nohop: bool = False) -> None:
-    await get_channel_layer().group_send(
-        FANOUT_GROUP, {"type": "fanout.message", "text": text}
-    )
+    await get_channel_layer().group_send(FANOUT_GROUP, {"type": "fanout.message", "text": text})
 
 
 def expected_reply(text: str) -> dict:

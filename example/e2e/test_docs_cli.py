@@ -23,7 +23,9 @@ import chanx
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = Path(
-    os.environ.get("ASYNCAPI_SPECS_DIR", ROOT / ".ci" / "node" / "node_modules" / "@asyncapi" / "specs")
+    os.environ.get(
+        "ASYNCAPI_SPECS_DIR", ROOT / ".ci" / "node" / "node_modules" / "@asyncapi" / "specs"
+    )
 )
 REQUIRE_ALL = os.environ.get("CHANX_REQUIRE_ALL") == "1"
 
@@ -81,7 +83,11 @@ def test_playground_endpoints_answer_in_debug_and_hide_otherwise() -> None:
         assert templates["new_message"]["payload"] == {"content": ""}
         assert client.get("/playground/asyncapi.json").json()["asyncapi"] == "3.0.0"
     with override_settings(DEBUG=False):
-        for url in ("/playground/websocket/", "/playground/routes.json", "/playground/asyncapi.json"):
+        for url in (
+            "/playground/websocket/",
+            "/playground/routes.json",
+            "/playground/asyncapi.json",
+        ):
             assert client.get(url).status_code == 404
         staff = User.objects.create_user("staffer", password="pw", is_staff=True)
         client.force_login(staff)
@@ -90,7 +96,9 @@ def test_playground_endpoints_answer_in_debug_and_hide_otherwise() -> None:
         assert client.get("/playground/websocket/").status_code == 404
 
 
-def run_cli(*args: str, settings: str | None = "config.settings") -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, settings: str | None = "config.settings"
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     if settings:
         env["DJANGO_SETTINGS_MODULE"] = settings
