@@ -252,6 +252,10 @@ def _setting_errors(user: Any) -> list[str]:
             problems.append(
                 f"settings.CHANX[{key!r}] should be {expected}, but got {type(value).__name__}."
             )
+    for key in ("MAX_MESSAGE_SIZE", "MAX_IN_FLIGHT_MESSAGES", "RATE_LIMIT", "RATE_LIMIT_BURST"):
+        value = user.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            problems.append(f"settings.CHANX[{key!r}] must be positive, but got {value}.")
     access = user.get("PLAYGROUND_ACCESS", "debug_or_staff")
     if isinstance(access, str) and access not in _PLAYGROUND_ACCESS:
         problems.append(
@@ -1126,7 +1130,7 @@ class _Config:
             chanx_settings.MAX_MESSAGE_SIZE,
             max(1, chanx_settings.MAX_IN_FLIGHT_MESSAGES),
             rate,
-            float(chanx_settings.RATE_LIMIT_BURST or rate or 0),
+            max(1.0, float(chanx_settings.RATE_LIMIT_BURST or rate or 1)),  # 1 frame at least
             klass._chanx_meta.adapter("incoming"),
         )
         if not own:
@@ -1219,22 +1223,27 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()
+        ahead: asyncio.Future[ASGIMessage] | None = None  # read while waiting for room
         try:
             while True:
-                message = await receive()
+                message = await (ahead or receive())
+                ahead = None
                 kind = message["type"]
                 if kind == "websocket.receive":
-                    if self._open and not self._closed:
-                        await self._accept_frame(message)
+                    if self._open and not self._closed and self._queue_frame(message):
+                        ahead = await self._wait_for_room(receive)
                 elif kind == "websocket.connect":
                     await self.websocket_connect(message)
                 elif kind == "websocket.disconnect":
                     await self.websocket_disconnect(message)
                     return
         finally:
+            if ahead is not None:
+                ahead.cancel()
             await self._leave()
 
-    async def _accept_frame(self, message: ASGIMessage) -> None:
+    def _queue_frame(self, message: ASGIMessage) -> bool:
+        """Queue a frame for the worker; True when the in-flight limit is reached."""
         if self._cfg.rate is not None and not self._take_token(self._cfg.rate):
             message = _RATE_LIMITED  # answered in order, its text dropped at once
         if self._frames is None:
@@ -1243,11 +1252,26 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         self._pending += 1
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain_frames())
-        if self._pending >= self._cfg.max_in_flight:  # backpressure: stop reading
-            if self._room is None:
-                self._room = asyncio.Event()
-            self._room.clear()
-            await self._room.wait()
+        return self._pending >= self._cfg.max_in_flight
+
+    async def _wait_for_room(self, receive: Any) -> asyncio.Future[ASGIMessage] | None:
+        """Backpressure: stop reading until the worker catches up.
+
+        One message is still read ahead, so that a disconnect is not kept
+        waiting by a slow handler; a frame read ahead is held as one extra.
+        """
+        if self._room is None:
+            self._room = asyncio.Event()
+        room = self._room
+        room.clear()
+        if self._pending > self._cfg.max_in_flight:  # the extra frame is already held
+            await room.wait()
+            return None
+        ahead: asyncio.Future[ASGIMessage] = asyncio.ensure_future(receive())
+        waiter = asyncio.ensure_future(room.wait())
+        await asyncio.wait((ahead, waiter), return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        return ahead
 
     def _take_token(self, rate: float) -> bool:
         now = time.monotonic()
@@ -1280,7 +1304,9 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             await self.on_bad_frame("Rate limit exceeded; slow down.")
         elif text is None:
             await self.on_bad_frame("Binary frames are not supported; send JSON text.")
-        elif len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+        elif len(text) > limit or (
+            len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
+        ):
             await self.on_bad_frame(f"Message too large; the limit is {limit} bytes.")
         else:
             await self._dispatch_text(text)

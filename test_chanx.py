@@ -18,25 +18,32 @@ Conventions:
 """
 
 import asyncio
+import contextlib
+import copy
 import datetime
 import decimal
+import gc
 import http
 import io
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import types
 import unittest
 import uuid
+import weakref
 import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
+import hypothesis
 import pytest
 from asgiref.sync import sync_to_async
 from channels.auth import AuthMiddlewareStack
@@ -52,7 +59,8 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db import connections
 from django.db.backends.signals import connection_created
 from django.test import Client, override_settings
-from pydantic import BaseModel, Field
+from hypothesis import strategies as st
+from pydantic import BaseModel, Field, ValidationError
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.authtoken.models import Token
 from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
@@ -698,6 +706,75 @@ class StrictGroupConsumer(RoomConsumer):
         await self.send_group_message(OtherGroupMessage(payload="not allowed"))
 
 
+# Hardening.
+
+
+class FuzzConsumer(AsyncJsonWebsocketConsumer):
+    """Several handlers; every valid frame gets exactly one reply (or an error)."""
+
+    permission_classes = [AllowAny]
+    send_completion = True
+
+    async def post_authentication(self) -> None:
+        PROBE.consumers.append(self)
+
+    @ws_handler
+    async def handle_ping(self, message: PingMessage) -> PongMessage:
+        return PongMessage()
+
+    @ws_handler
+    async def handle_echo(self, message: EchoMessage) -> EchoReply:
+        return EchoReply(payload=message.payload)
+
+    @ws_handler
+    async def handle_text(self, message: TextMessage) -> TextReply:
+        return TextReply(payload=len(message.payload))
+
+    @ws_handler
+    async def handle_say(self, message: SayMessage) -> NotifyMessage:
+        return NotifyMessage(payload=message.payload.text)
+
+    @ws_handler
+    async def handle_camel(self, message: CamelMessage) -> CamelReply:
+        return CamelReply(payload=message.payload)
+
+    @ws_handler
+    async def handle_boom(self, message: BoomMessage) -> None:
+        raise RuntimeError("fuzz-boom")
+
+
+class CamelFuzzConsumer(FuzzConsumer):
+    camelize = True
+
+
+class SleepyConsumer(WorkConsumer):
+    """Its "block" handler really sleeps for 2 s (cancelled by the disconnect)."""
+
+    @ws_handler
+    async def handle_block(self, message: BlockMessage) -> BlockReply:
+        PROBE.active += 1
+        PROBE.entered.set()
+        try:
+            await asyncio.sleep(2)
+        except asyncio.CancelledError:
+            PROBE.calls.append(("cancelled", message.payload))
+            raise
+        finally:
+            PROBE.active -= 1
+        return BlockReply(payload=message.payload)
+
+
+class CloseThenReplyConsumer(CompletionWorkConsumer):
+    """Its "close_me" handler closes the socket, then still returns a reply."""
+
+    @ws_handler
+    async def handle_close_me(self, message: CloseMeMessage) -> EchoReply:  # type: ignore[override]
+        PROBE.calls.append(("close_me", None))
+        await self.close(code=4000)
+        PROBE.calls.append(("after_close", None))
+        return EchoReply(payload=-1)
+
+
 ###############################################################################
 # Routing of the test consumers ###############################################
 ###############################################################################
@@ -734,6 +811,10 @@ router = URLRouter(
         path("ws/strict-rooms/<str:room>/", StrictGroupConsumer.as_asgi()),
         path("ws/farewell/", FarewellConsumer.as_asgi()),
         path("ws/early-events/", EarlyEventsConsumer.as_asgi()),
+        path("ws/fuzz/", FuzzConsumer.as_asgi()),
+        path("ws/fuzz-camel/", CamelFuzzConsumer.as_asgi()),
+        path("ws/sleepy/", SleepyConsumer.as_asgi()),
+        path("ws/close-then-reply/", CloseThenReplyConsumer.as_asgi()),
     ]
 )
 
@@ -1436,10 +1517,11 @@ async def test_backpressure_stops_reading_until_handlers_catch_up(ws: Any) -> No
         for n in range(total):
             await communicator.send_message(BlockMessage(payload=n))
         await wait_event(PROBE.entered)
-        # 4 frames in flight (one in the handler, three queued), the rest unread
-        await wait_until(lambda: communicator.input_queue.qsize() == total - 4, "reading to stop")
+        # 4 frames in flight (one in the handler, three queued) and one read
+        # ahead (so that a disconnect is never kept waiting); the rest unread
+        await wait_until(lambda: communicator.input_queue.qsize() == total - 5, "reading to stop")
         assert await communicator.receive_nothing(timeout=0.05)
-        assert communicator.input_queue.qsize() == total - 4
+        assert communicator.input_queue.qsize() == total - 5
         assert PROBE.entries == 1  # the handler holds the first frame; none overtook it
         PROBE.gate.set()
         replies = [await communicator.receive_json_from() for _ in range(total)]
@@ -2713,3 +2795,867 @@ def test_discover_routes_of_the_example_asgi_application() -> None:
         assert route.path.startswith("/ws/"), route
         assert issubclass(route.consumer, AsyncJsonWebsocketConsumer), route
     assert [r.path for r in chanx.discover_routes()] == [r.path for r in routes]  # the default
+
+
+###############################################################################
+# Hardening ###################################################################
+###############################################################################
+
+# What a hostile or broken client, or an unlucky moment, does to a connection:
+# fuzzed frames, floods, rate limits, slow handlers, disconnects and closes in
+# the middle of a handler, other users' conversations, secrets in the log.
+
+
+@pytest.fixture
+def quiet_chanx() -> Any:
+    """The "chanx" logger at WARNING (no per-frame INFO records, for speed);
+    warnings and errors are still logged, and listed as (level, message, exception type)."""
+    records: list[tuple[int, str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kind = record.exc_info[0] if record.exc_info else None
+            records.append((record.levelno, record.getMessage(), kind))
+
+    handler = Collect(logging.WARNING)
+    level = chanx.logger.level
+    chanx.logger.setLevel(logging.WARNING)
+    chanx.logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        chanx.logger.removeHandler(handler)
+        chanx.logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def without_pytest_log_capture() -> Any:
+    """Detach pytest's capture handlers from the "chanx" logger for a while: they keep
+    every record, and through a handler exception's traceback its whole connection."""
+    capturing = [h for h in chanx.logger.handlers if type(h).__module__ == "_pytest.logging"]
+    for handler in capturing:
+        chanx.logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in capturing:
+            chanx.logger.addHandler(handler)
+
+
+class HeldFrames:
+    """Samples, at every turn of the event loop, how many frames a consumer holds."""
+
+    def __init__(self, consumer: AsyncJsonWebsocketConsumer[Any]) -> None:
+        self.consumer = consumer
+        self.max_pending = self.max_queued = self.samples = 0
+        self._task = asyncio.create_task(self._sample())
+
+    async def _sample(self) -> None:
+        while True:
+            self.max_pending = max(self.max_pending, self.consumer._pending)
+            self.max_queued = max(self.max_queued, len(self.consumer._frames or ()))
+            self.samples += 1
+            await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task  # a failed sample raises here
+
+
+def connection_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """Tasks started since ``before`` (the calling test's own task excluded)."""
+    return asyncio.all_tasks() - before - {asyncio.current_task()}
+
+
+# Fuzzing.
+
+#: Marks text a fuzzed client sent; an error frame must never repeat it.
+SECRET = "SECRET"
+COMPLETE = {"action": "complete", "payload": None}
+
+FUZZ_TEMPLATES: list[dict[str, Any]] = [
+    {"action": "ping", "payload": None},
+    {"action": "echo", "payload": 7},
+    {"action": "text", "payload": "hello"},
+    {"action": "say", "payload": {"text": "hi", "exclude_current": True}},
+    {
+        "action": "camel_message",
+        "payload": {"some_field": 1, "inner_item": {"list_of_things": [{"deep_value": 2}]}},
+    },
+    {"action": "boom"},
+]
+
+#: What FuzzConsumer answers to a valid message: (reply action, reply payload).
+FUZZ_REPLIES: list[tuple[type[BaseMessage], Any]] = [
+    (PingMessage, lambda m: ("pong", None)),
+    (EchoMessage, lambda m: ("echo_reply", m.payload)),
+    (TextMessage, lambda m: ("text_reply", len(m.payload))),
+    (SayMessage, lambda m: ("notified", m.payload.text)),
+    (CamelMessage, lambda m: ("camel_reply", m.payload.model_dump(mode="json"))),
+    (BoomMessage, lambda m: ("error", {"detail": "Failed to process message."})),
+]
+BOOM_ERROR = {"action": "error", "payload": {"detail": "Failed to process message."}}
+
+#: Numbers JSON can write but floats and 64-bit integers cannot hold.
+HUGE_NUMBERS = [
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "1E999999999",
+    str(10**400),
+    str(-(10**400)),
+    "1" + "0" * 4300,  # past Python's int <-> str digit limit
+    "9" * 5000,
+    "9223372036854775808",
+    "-9223372036854775809",
+    "18446744073709551616",
+    "-0",
+    "0.5",
+    "7.0",
+    "1e2",
+    "123456789012345678901234567890.0",
+]
+
+#: JSON escapes: lone and paired surrogates, NUL, non-characters.
+ESCAPES = [
+    "\\ud800",
+    "\\udfff",
+    "\\ud83d\\ude00",
+    "\\ud83d",
+    "\\udc00\\ud800",
+    "\\u0000",
+    "\\uffff",
+]
+
+#: Markers replaced, after json.dumps, by raw number text JSON allows.
+NUMBER_MARKERS = [f"@@number{i}@@" for i in range(len(HUGE_NUMBERS))]
+
+# Hypothesis spends about 60 us on each choice it makes, so each frame costs
+# it two or three: which kind of frame, then one rich choice (a whole string,
+# or a ``random.Random`` seeded by hypothesis from which the structured
+# frames, random JSON and mutated messages, are built).
+
+#: Values a mutated field takes: wrong types, edge values, client text.
+ODD_VALUES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**63,
+    1.5,
+    "",
+    "7",
+    "true",
+    "null",
+    [],
+    {},
+    [7],
+    {"action": "echo", "payload": 7},
+    {"text": None},
+    [[[[]]]],
+    "\x00",
+    "\U0001f600",
+    *NUMBER_MARKERS,
+]
+
+#: Characters random strings are made of: ASCII, JSON syntax, controls, accents,
+#: CJK, emoji (astral plane), BOM, non-characters.
+ALPHABET = 'aZ09 _-"\\/{}[]:,.\x00\x1f\x7f\u00e9\u0301\u4e2d\U0001f600\ufeff\uffff\u2028'
+
+
+def _random_text(rng: random.Random, size: int = 12) -> str:
+    return "".join(rng.choice(ALPHABET) for _ in range(rng.randrange(size)))
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(10 if depth < 3 else 7)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.random() < 0.5
+    if kind == 2:
+        return rng.choice([0, 1, -1, 2**31, 2**53 + 1, 2**64, -(2**63) - 1, rng.getrandbits(80)])
+    if kind == 3:
+        return rng.choice([0.0, -0.0, 1e-310, 1.7976931348623157e308, rng.uniform(-1e9, 1e9)])
+    if kind in (4, 5, 6):
+        return _random_text(rng)
+    if kind in (7, 8):
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {_random_text(rng, 6): _random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def _json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    paths = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            paths += _json_paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            paths += _json_paths(item, (*prefix, index))
+    return paths
+
+
+def _dump_with_numbers(value: Any, ensure_ascii: bool = True) -> str:
+    text = json.dumps(value, ensure_ascii=ensure_ascii)
+    if "@@number" in text:
+        for marker, number in zip(NUMBER_MARKERS, HUGE_NUMBERS, strict=True):
+            text = text.replace(f'"{marker}"', number)
+    return text
+
+
+def _odd_action(rng: random.Random, action: Any) -> Any:
+    return rng.choice(
+        [
+            str(action).upper(),
+            f" {action}",
+            f"{action}\x00",
+            f"{action}\u0301",
+            None,
+            7,
+            ["echo"],
+            SECRET + _random_text(rng),
+            *(t["action"] for t in FUZZ_TEMPLATES),
+        ]
+    )
+
+
+def near_valid_frame(rng: random.Random) -> str:
+    """A valid message of FuzzConsumer, then 0-3 mutations of its fields, types or text."""
+    message: Any = copy.deepcopy(rng.choice(FUZZ_TEMPLATES))
+    for _ in range(rng.choice([0, 1, 1, 2, 3])):
+        kind = rng.choice(
+            ["replace", "secret", "json", "delete", "add", "action", "retype", "wrap"]
+        )
+        paths = [p for p in _json_paths(message) if p]
+        if kind == "wrap" or not paths or not isinstance(message, dict):
+            message = rng.choice([[message], {"message": message}, [message, message]])
+            continue
+        where = rng.choice(paths)
+        parent = message
+        for step in where[:-1]:
+            parent = parent[step]
+        if kind == "replace":
+            parent[where[-1]] = copy.deepcopy(rng.choice(ODD_VALUES))
+        elif kind == "secret":
+            parent[where[-1]] = SECRET + _random_text(rng)
+        elif kind == "json":
+            parent[where[-1]] = _random_json(rng)
+        elif kind == "retype":
+            old = parent[where[-1]]
+            parent[where[-1]] = rng.choice([str(old), [old], {"value": old}])
+        elif kind == "delete":
+            del parent[where[-1]]
+        elif kind == "add" and isinstance(parent, dict):
+            parent[SECRET + _random_text(rng, 6)] = _random_json(rng)
+        elif kind == "action":
+            message["action"] = _odd_action(rng, message.get("action"))
+    edit = rng.choice(["none"] * 8 + ["truncate", "bom", "space", "duplicate", "ascii"])
+    text = _dump_with_numbers(message, ensure_ascii=edit == "ascii")
+    if edit == "truncate":
+        text = text[: rng.randrange(max(len(text), 1))]
+    elif edit == "bom":
+        text = "\ufeff" + text
+    elif edit == "space":
+        text = f" \n\t{text}\r\n "
+    elif edit == "duplicate" and text.startswith("{"):
+        text = '{"action": "boom", ' + text[1:]  # the later key wins
+    return text
+
+
+NUMBER_TEMPLATES = [
+    '{"action": "echo", "payload": %s}',
+    '{"action": "text", "payload": %s}',
+    '{"action": "camel_message", "payload": {"some_field": %s, '
+    '"inner_item": {"list_of_things": [{"deep_value": 1}]}}}',
+    '{"action": "say", "payload": {"text": "x", "exclude_current": %s}}',
+    "%s",
+]
+NUMBER_FRAMES = [template % number for template in NUMBER_TEMPLATES for number in HUGE_NUMBERS]
+
+
+def _deep(shape: str, depth: int) -> str:
+    if shape == "open":
+        return "[" * depth
+    if shape == "closed":
+        return "[" * depth + "]" * depth
+    if shape == "objects":
+        return '{"a": ' * depth + "1" + "}" * depth
+    if shape == "echo":
+        return '{"action": "echo", "payload": ' + "[" * depth + "]" * depth + "}"
+    nested = '{"deep_value": ' * depth + "1" + "}" * depth
+    return (
+        '{"action": "camel_message", "payload": {"some_field": 1, '
+        '"inner_item": {"list_of_things": [' + nested + "]}}}"
+    )
+
+
+#: One big frame, over the 1 MiB default MAX_MESSAGE_SIZE.
+TOO_LARGE = json.dumps({"action": "text", "payload": "x" * (1024 * 1024)})
+
+DEEP_FRAMES = [
+    *(
+        _deep(shape, depth)
+        for shape in ("open", "closed", "objects", "echo", "camel")
+        for depth in (10, 199, 200, 201, 900, 1000, 10_000, 100_000)
+    ),
+    TOO_LARGE,
+]
+
+
+def unicode_frame(rng: random.Random) -> str:
+    """A message whose payload, action or key holds a JSON escape (lone surrogates too)."""
+    escape, text = rng.choice(ESCAPES), _random_text(rng)
+    body: Any = rng.choice(
+        [
+            {"action": "text", "payload": "@@" + text},
+            {"action": "@@" + text, "payload": "x"},
+            {"action": "say", "payload": {"@@" + text: 1, "text": "x"}},
+            {"action": "say", "payload": {"text": "@@" + text}},
+        ]
+    )
+    return json.dumps(body, ensure_ascii=rng.random() < 0.5).replace("@@", escape, 1)
+
+
+seeded = st.randoms(use_true_random=True, note_method_calls=False)
+
+fuzz_frames = st.one_of(
+    st.text(max_size=40),  # random text
+    st.text(alphabet='[]{}",:0123456789.eE+-truefalsn\\ud8', max_size=48),  # JSON-like text
+    seeded.map(lambda rng: json.dumps(_random_json(rng))),  # random JSON values
+    seeded.map(near_valid_frame),
+    seeded.map(near_valid_frame),
+    seeded.map(near_valid_frame),  # most frames are nearly right
+    st.sampled_from(NUMBER_FRAMES),  # huge numbers: 1e400, 10**400, ...
+    st.sampled_from(DEEP_FRAMES),  # deep nesting (up to 100,000 levels), too large
+    seeded.map(unicode_frame),  # escaped surrogates, NUL, non-characters
+    st.binary(max_size=40),  # binary frames
+)
+
+
+class TaggedFrame(BaseModel):
+    action: str
+
+
+def fuzz_expectation(frame: str | bytes) -> tuple[str, Any] | None:
+    """What FuzzConsumer must answer: (action, payload), or None for an error frame.
+
+    Each message class is tried on its own (not chanx's discriminated union)."""
+    if isinstance(frame, bytes) or len(frame.encode()) > chanx_settings.MAX_MESSAGE_SIZE:
+        return None
+    try:
+        action = TaggedFrame.model_validate_json(frame).action
+    except ValidationError:
+        return None  # not a JSON object with a string "action"
+    for model, reply in FUZZ_REPLIES:
+        if action not in chanx._message_actions(model):
+            continue
+        try:
+            message = model.model_validate_json(frame)
+        except ValidationError:
+            continue
+        expected: tuple[str, Any] = reply(message)
+        return expected
+    return None
+
+
+def check_error_frame(frame: Any) -> None:
+    assert frame["action"] == "error", frame
+    payload = frame["payload"]
+    if isinstance(payload, dict):
+        assert set(payload) == {"detail"} and isinstance(payload["detail"], str), payload
+    else:
+        assert isinstance(payload, list) and payload, payload
+        for error in payload:
+            assert set(error) == {"type", "loc", "msg"}, error
+    assert SECRET not in json.dumps(frame), frame  # nothing the client sent comes back
+
+
+class FuzzRun:
+    """Drives FuzzConsumer with batches of frames, one connection per batch."""
+
+    def __init__(self, ws_path: str, *, strict: bool = True) -> None:
+        self.ws_path, self.strict = ws_path, strict
+        self.frames = self.batches = self.handler_errors = 0
+        self.kept: list[list[str | bytes]] = []  # the first batches, replayed for memory
+        self.consumers: list[weakref.ref[Any]] = []
+
+    async def batch(self, frames: list[str | bytes]) -> None:
+        communicator = WebsocketCommunicator(router, self.ws_path)
+        try:
+            assert (await communicator.connect(timeout=5))[0]
+            await communicator.assert_authenticated_status_ok(timeout=5)
+            (consumer,) = PROBE.consumers
+            self.consumers.append(weakref.ref(consumer))
+            for frame in frames:
+                if isinstance(frame, bytes):
+                    await communicator.send_to(bytes_data=frame)
+                else:
+                    await communicator.send_to(text_data=frame)
+            self.frames += len(frames)
+            await communicator.send_message(PingMessage())
+            replies = [
+                await communicator.receive_json_from(timeout=5) for _ in range(2 * len(frames))
+            ]
+            # the connection is still open: a final ping still gets its pong, then nothing
+            assert [await communicator.receive_json_from(timeout=5) for _ in range(2)] == [
+                {"action": "pong", "payload": None},
+                COMPLETE,
+            ]
+            assert await communicator.receive_nothing(timeout=0)
+            assert not communicator.future.done()
+            assert consumer._pending == 0 and not consumer._frames
+            for index, frame in enumerate(frames):
+                answer, complete = replies[2 * index], replies[2 * index + 1]
+                context = f"frame {index}: {frame[:200]!r}"
+                assert complete == COMPLETE, (context, answer, complete)
+                if not self.strict:  # camelCase: no oracle, but the shape of errors
+                    assert isinstance(answer, dict), (context, answer)
+                    if answer["action"] == "error":
+                        check_error_frame(answer)
+                    if answer == BOOM_ERROR:
+                        self.handler_errors += 1
+                    continue
+                expected = fuzz_expectation(frame)
+                if expected is None:
+                    check_error_frame(answer)
+                else:
+                    assert (answer["action"], answer["payload"]) == expected, (context, answer)
+                    if expected[0] == "error":
+                        self.handler_errors += 1
+        finally:
+            PROBE.consumers.clear()
+            await communicator.disconnect(timeout=5)
+        self.batches += 1
+        if len(self.kept) < 13:
+            self.kept.append(frames)
+
+
+class Batch(list):  # type: ignore[type-arg]
+    """Frames sent on one connection; a short repr, should hypothesis print one."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} frames: {', '.join(repr(f[:40]) for f in self[:3])}, ...>"
+
+
+async def run_fuzz(run: FuzzRun, examples: int, min_size: int, max_size: int, home: Path) -> None:
+    """Let hypothesis drive ``run.batch`` from a worker thread, each example on this loop
+    (free while the test awaits the thread): the consumers run on the real event loop.
+
+    ``home`` takes hypothesis's caches, which it writes even without a database."""
+    loop = asyncio.get_running_loop()
+
+    @hypothesis.settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,  # nothing written to the repository
+        # no shrinking: a failure names its frame, and shrinking 100-frame batches is slow
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+        suppress_health_check=[hypothesis.HealthCheck.too_slow],
+        verbosity=hypothesis.Verbosity.quiet,  # the assertion names the failing frame
+    )
+    @hypothesis.given(st.lists(fuzz_frames, min_size=min_size, max_size=max_size).map(Batch))
+    def property(frames: Batch) -> None:
+        asyncio.run_coroutine_threadsafe(run.batch(frames), loop).result(timeout=60)
+
+    hypothesis.configuration.set_hypothesis_home_dir(home)
+    try:
+        await asyncio.to_thread(property)
+    finally:
+        hypothesis.configuration.set_hypothesis_home_dir(None)
+
+
+def chanx_held_memory() -> int:
+    """Bytes allocated by chanx.py and still alive (tracemalloc must be tracing)."""
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, chanx.__file__)])
+    return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+@db
+async def test_fuzzed_frames_each_get_one_answer_and_a_complete(
+    quiet_chanx: list[tuple[int, str, Any]], tmp_path: Path
+) -> None:
+    """Over 10,000 fuzzed frames, 100-110 per connection: each gets the answer the
+    message classes predict (or an error frame) and then ``complete``, the connection
+    stays open, and nothing is left behind: tasks, channels, consumers, memory."""
+    with without_pytest_log_capture():
+        await fuzz_without_growing_state(quiet_chanx, tmp_path)
+
+
+async def fuzz_without_growing_state(
+    quiet_chanx: list[tuple[int, str, Any]], tmp_path: Path
+) -> None:
+    run = FuzzRun("/ws/fuzz/")
+    await run.batch(Batch(json.dumps(t) for t in FUZZ_TEMPLATES))  # chanx's lazy state
+    tasks_before = asyncio.all_tasks()
+    layer = get_channel_layer()
+    layer_before = (len(layer.channels), len(layer.groups))
+    started = time.monotonic()
+    await run_fuzz(run, examples=100, min_size=100, max_size=110, home=tmp_path)
+    fuzzed, elapsed = run.frames - len(FUZZ_TEMPLATES), time.monotonic() - started
+    connections = run.batches - 1
+    assert fuzzed >= 10_000
+    # handler exceptions are still logged, with their traceback; nothing else went wrong
+    handler_failed = (logging.ERROR, "Websocket handler failed", RuntimeError)
+    assert [r for r in quiet_chanx if r != handler_failed] == []
+    assert len(quiet_chanx) == run.handler_errors  # the warm-up's boom included
+    # no growing state: every connection's tasks ended, its consumer was freed
+    gc.collect()
+    assert connection_tasks(tasks_before) == set()
+    assert (len(layer.channels), len(layer.groups)) == layer_before
+    assert [ref for ref in run.consumers if ref() is not None] == []
+    # what chanx.py holds does not grow while 10 more fuzzed batches are replayed
+    tracemalloc.start()
+    try:
+        for frames in run.kept[:3]:
+            await run.batch(frames)
+        before = chanx_held_memory()
+        for frames in run.kept[3:]:
+            await run.batch(frames)
+        after = chanx_held_memory()
+    finally:
+        tracemalloc.stop()
+    print(
+        f"fuzz: {fuzzed} frames, {connections} connections in {elapsed:.1f}s, "
+        f"{run.handler_errors} handler errors; chanx.py holds {before} B, "
+        f"{after} B after {len(run.kept) - 3} more connections"
+    )
+    assert after - before < 4096, (before, after)
+
+
+@db
+async def test_fuzzed_frames_on_a_camelcase_consumer(
+    quiet_chanx: list[tuple[int, str, Any]], tmp_path: Path
+) -> None:
+    """With CAMELIZE, frames go through json.loads and key translation (a recursive walk):
+    the same fuzzed frames, deep nesting included, each get one answer and a complete."""
+    run = FuzzRun("/ws/fuzz-camel/", strict=False)
+    tasks_before = asyncio.all_tasks()
+    await run_fuzz(run, examples=30, min_size=100, max_size=110, home=tmp_path)
+    print(f"camel fuzz: {run.frames} frames, {run.batches} connections")
+    assert run.frames >= 3000
+    handler_failed = (logging.ERROR, "Websocket handler failed", RuntimeError)
+    assert [r for r in quiet_chanx if r != handler_failed] == []
+    assert len(quiet_chanx) == run.handler_errors
+    assert connection_tasks(tasks_before) == set()
+
+
+# Flood, rate limit, slow handlers.
+
+
+@db
+async def test_flood_is_held_to_the_in_flight_limit_and_answered_in_order(
+    ws: Any, quiet_chanx: list[tuple[int, str, Any]]
+) -> None:
+    limit, total = 8, 10_000
+    with override_settings(CHANX={"MAX_IN_FLIGHT_MESSAGES": limit}):
+        communicator = await ws("/ws/work/")
+        (consumer,) = PROBE.consumers
+        held = HeldFrames(consumer)
+        try:
+            for n in range(total):  # all pipelined before the consumer reads one
+                await communicator.send_message(EchoMessage(payload=n))
+            replies = [await communicator.receive_json_from(timeout=5) for _ in range(total)]
+        finally:
+            await held.stop()
+    print(
+        f"flood: {total} frames, at most {held.max_pending} in flight and "
+        f"{held.max_queued} queued in the consumer ({held.samples} samples)"
+    )
+    assert [r["payload"] for r in replies] == list(range(total))
+    assert {r["action"] for r in replies} == {"echo_reply"}
+    assert PROBE.values("echo") == list(range(total))
+    # never more than the limit (+ the one message read ahead) held by chanx:
+    # the rest waited in the socket
+    assert held.max_pending == limit + 1  # reached, so the bound was tested
+    assert held.max_queued <= limit + 1
+    assert communicator.input_queue.qsize() == 0
+    assert consumer._pending == 0 and not consumer._frames
+    assert quiet_chanx == []
+
+
+#: Past a burst of 10, no token for 1000 s; 4 frames in flight at most.
+RATE_FLOOD = {
+    "RATE_LIMIT": 0.001,
+    "RATE_LIMIT_BURST": 10,
+    "MAX_IN_FLIGHT_MESSAGES": 4,
+    "SEND_COMPLETION": True,
+}
+RATE_ERROR = {"action": "error", "payload": {"detail": "Rate limit exceeded; slow down."}}
+
+
+@db
+async def test_rate_limited_flood_is_answered_in_order_and_never_queued(
+    ws: Any, quiet_chanx: list[tuple[int, str, Any]]
+) -> None:
+    total = 1000
+    with override_settings(CHANX=RATE_FLOOD):
+        communicator = await ws("/ws/work/")
+        (consumer,) = PROBE.consumers
+        held = HeldFrames(consumer)
+        try:
+            for n in range(total):
+                await communicator.send_message(EchoMessage(payload=n))
+            frames = [await communicator.receive_json_from(timeout=5) for _ in range(2 * total)]
+        finally:
+            await held.stop()
+    answers, completes = frames[0::2], frames[1::2]
+    assert completes == [COMPLETE] * total
+    assert answers[:10] == [{"action": "echo_reply", "payload": n} for n in range(10)]
+    assert answers[10:] == [RATE_ERROR] * (total - 10)
+    assert PROBE.values("echo") == list(range(10))  # refused frames never reach a handler
+    assert held.max_pending <= 4 + 1 and held.max_queued <= 4 + 1  # limit + read-ahead
+    assert quiet_chanx == []
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """chanx's clock (its rate limiter's) stands still until the test moves it."""
+    clock = [time.monotonic()]
+    monkeypatch.setattr(chanx, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    return clock
+
+
+async def echo_answers(communicator: WebsocketCommunicator, count: int) -> list[Any]:
+    """Send ``count`` echoes; the answer to each (its ``complete`` checked and dropped)."""
+    for n in range(count):
+        await communicator.send_message(EchoMessage(payload=n))
+    frames = [await communicator.receive_json_from() for _ in range(2 * count)]
+    assert frames[1::2] == [COMPLETE] * count
+    return [frame["action"] for frame in frames[0::2]]
+
+
+@db
+async def test_rate_limit_refills_at_the_configured_rate(
+    ws: Any, frozen_clock: list[float]
+) -> None:
+    limits = {"RATE_LIMIT": 2, "RATE_LIMIT_BURST": 3, "SEND_COMPLETION": True}
+    with override_settings(CHANX=limits):
+        communicator = await ws("/ws/work/")
+        ok, refused = "echo_reply", "error"
+        assert await echo_answers(communicator, 5) == [ok] * 3 + [refused] * 2
+        frozen_clock[0] += 1.0  # two tokens
+        assert await echo_answers(communicator, 3) == [ok] * 2 + [refused]
+        frozen_clock[0] += 0.25  # half a token: not enough
+        assert await echo_answers(communicator, 1) == [refused]
+        frozen_clock[0] += 0.25  # the other half
+        assert await echo_answers(communicator, 1) == [ok]
+        frozen_clock[0] += 3600  # the bucket holds the burst, no more
+        assert await echo_answers(communicator, 4) == [ok] * 3 + [refused]
+
+
+@db
+async def test_rate_limit_below_one_per_second_admits_a_frame_per_period(
+    ws: Any, frozen_clock: list[float]
+) -> None:
+    with override_settings(CHANX={"RATE_LIMIT": 0.5, "SEND_COMPLETION": True}):
+        communicator = await ws("/ws/work/")
+        assert await echo_answers(communicator, 1) == ["echo_reply"]  # a fresh connection
+        frozen_clock[0] += 2.0  # one frame every two seconds
+        assert await echo_answers(communicator, 2) == ["echo_reply", "error"]
+
+
+@db
+async def test_sleeping_handler_delays_neither_group_messages_nor_events(ws: Any) -> None:
+    slow = await ws("/ws/sleepy/")
+    other = await ws("/ws/work/")  # the same "work" group
+    await slow.send_message(BlockMessage(payload=1))  # its handler sleeps 2 s
+    await wait_event(PROBE.entered)
+    delays = []
+    for n in range(10):
+        sent = time.monotonic()
+        await WorkConsumer.broadcast_event(NotifyEvent(payload=f"news {n}"), "work")
+        assert await slow.receive_json_from() == {"action": "notified", "payload": f"news {n}"}
+        delays.append(time.monotonic() - sent)
+        sent = time.monotonic()
+        await other.send_message(SayMessage(payload=SayPayload(text=f"hi {n}")))
+        assert await slow.receive_json_from() == chat(f"hi {n}", False, False)
+        delays.append(time.monotonic() - sent)
+    assert PROBE.active == 1  # all of it while the handler slept
+    delays.sort()
+    print(f"slow handler: median {delays[10] * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms")
+    assert delays[-1] < 0.05, delays
+    await slow.disconnect()
+    assert ("cancelled", 1) in PROBE.calls  # the disconnect did not wait the 2 s out
+
+
+# Disconnects and closes.
+
+
+@db
+async def test_disconnect_mid_handler_leaves_no_task_group_or_unhandled_error(
+    chanx_caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda loop, context: reported.append(context))
+    layer = get_channel_layer()
+    before = asyncio.all_tasks()
+    communicators = [WebsocketCommunicator(router, "/ws/sleepy/") for _ in range(5)]
+    try:
+        for n, communicator in enumerate(communicators):
+            assert (await communicator.connect())[0]
+            await communicator.assert_authenticated_status_ok()
+            await communicator.send_message(BlockMessage(payload=n))  # sleeps 2 s
+            for m in range(3):  # queued behind it
+                await communicator.send_message(EchoMessage(payload=m))
+        await wait_until(lambda: PROBE.active == 5, "every handler asleep")
+        channels = [consumer.channel_name for consumer in PROBE.consumers]
+        assert all(channel in layer.groups["work"] for channel in channels)
+        await WorkConsumer.broadcast_event(NotifyEvent(payload="in flight"), "work")
+        assert len(connection_tasks(before)) >= 15  # per connection: app, worker, layer reader
+        await asyncio.gather(*(c.disconnect(timeout=2) for c in communicators))
+    finally:
+        for communicator in communicators:
+            await communicator.disconnect()
+        gc.collect()  # "Task exception was never retrieved" is reported on collection
+        await asyncio.sleep(0)
+        loop.set_exception_handler(handler)
+    assert connection_tasks(before) == set()
+    assert all(c.future.done() and not c.future.cancelled() for c in communicators)
+    assert not any(channel in layer.groups.get("work", {}) for channel in channels)
+    assert sorted(PROBE.values("cancelled")) == list(range(5))
+    assert PROBE.values("echo") == []  # the frames queued behind were dropped
+    assert PROBE.values("disconnect") == [1000] * 5
+    assert reported == []
+    assert [r for r in chanx_caplog.records if r.levelno >= logging.ERROR] == []
+    assert "never retrieved" not in chanx_caplog.text
+
+
+@db
+async def test_disconnect_is_not_delayed_by_backpressure(ws: Any) -> None:
+    with override_settings(CHANX={"MAX_IN_FLIGHT_MESSAGES": 1}):
+        communicator = await ws("/ws/work/")
+        await communicator.send_message(BlockMessage(payload=1))  # the limit is reached
+        await wait_event(PROBE.entered)
+        await communicator.disconnect(code=1001, timeout=0.5)  # cancels the app after it
+    assert not communicator.future.cancelled()  # it returned, by itself
+    assert ("cancelled", 1) in PROBE.calls
+    assert ("disconnect", 1001) in PROBE.calls
+
+
+@db
+async def test_server_close_during_a_handler_stops_all_frame_handling(ws: Any) -> None:
+    communicator = await ws("/ws/work-complete/")
+    (consumer,) = PROBE.consumers
+    await communicator.send_message(BlockMessage(payload=1))
+    for n in range(5):
+        await communicator.send_message(EchoMessage(payload=n))
+    await wait_event(PROBE.entered)
+    await consumer.close(code=4001)  # as an event handler or a view would
+    await communicator.assert_closed(code=4001)
+    PROBE.gate.set()  # the handler returns its reply after the close
+    await wait_until(lambda: consumer._pending == 0, "the queued frames to be dropped")
+    await communicator.send_message(EchoMessage(payload=99))
+    await WorkConsumer.broadcast_event(NotifyEvent(payload="late"), "work")
+    assert await communicator.receive_nothing(timeout=0.05)
+    assert communicator.received == [auth_frame(200, "OK")]  # no reply, no complete
+    assert PROBE.entries == 1
+    assert PROBE.values("echo") == []
+
+
+@db
+async def test_handler_that_closes_then_returns_sends_nothing_more(ws: Any) -> None:
+    communicator = await ws("/ws/close-then-reply/")
+    await communicator.send_message(CloseMeMessage())
+    for n in range(5):
+        await communicator.send_message(EchoMessage(payload=n))
+    await communicator.assert_closed(code=4000)
+    await wait_until(lambda: "after_close" in PROBE.names(), "the handler to finish")
+    (consumer,) = PROBE.consumers
+    await wait_until(lambda: consumer._pending == 0, "the queued frames to be dropped")
+    await communicator.send_message(EchoMessage(payload=99))
+    assert await communicator.receive_nothing(timeout=0.05)
+    assert communicator.received == [auth_frame(200, "OK")]  # not its reply, no complete
+    assert PROBE.values("echo") == []
+
+
+# Isolation between users, secrets in the log.
+
+
+async def example_ws(ws_path: str, headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
+    """A connection through the example's own ASGI application (and its middleware)."""
+    import config.asgi
+
+    communicator = WebsocketCommunicator(config.asgi.application, ws_path, headers)
+    assert (await communicator.connect())[0]
+    return communicator
+
+
+@db
+async def test_users_can_neither_join_nor_hear_each_others_conversations() -> None:
+    from assistants.consumers import ConversationAssistantConsumer
+    from assistants.messages import ConversationEntry, NewAssistantMessageEvent
+
+    alice, bob = await make_user("alice"), await make_user("bob")
+    as_alice, as_bob = await token_headers(alice), await token_headers(bob)
+    alices = await Conversation.objects.acreate(user=alice, title="private")
+    bobs = await Conversation.objects.acreate(user=bob)
+    opened: list[WebsocketCommunicator] = []
+    try:
+        opened.append(alice_ws := await example_ws(f"/ws/assistants/{alices.pk}/", as_alice))
+        await alice_ws.assert_authenticated_status_ok()
+        opened.append(bob_ws := await example_ws(f"/ws/assistants/{bobs.pk}/", as_bob))
+        await bob_ws.assert_authenticated_status_ok()
+        # bob (or nobody) cannot join alice's conversation, nor one that does not exist
+        opened.append(intruder := await example_ws(f"/ws/assistants/{alices.pk}/", as_bob))
+        await assert_refused(intruder, 403)
+        opened.append(anonymous := await example_ws(f"/ws/assistants/{alices.pk}/", []))
+        await assert_refused(anonymous, 403)  # ConversationOwner raises PermissionDenied
+        opened.append(guess := await example_ws(f"/ws/assistants/{uuid.uuid4()}/", as_bob))
+        await assert_refused(guess, 404)
+        # alice's events reach alice, and no one else
+        layer = get_channel_layer()
+        assert len(layer.groups[alices.group_name]) == 1
+        for n, conversation in enumerate([alices, bobs]):
+            entry = ConversationEntry(id=n, role="assistant", content=f"for {conversation}")
+            event = NewAssistantMessageEvent(payload=entry)
+            await ConversationAssistantConsumer.broadcast_event(event, conversation.group_name)
+        assert (await alice_ws.receive_json_from())["payload"]["content"] == "for private"
+        # bob's channel is FIFO: had alice's event reached him, it would come first
+        assert (await bob_ws.receive_json_from())["payload"]["content"] == f"for {bobs}"
+        for communicator in (alice_ws, bob_ws, intruder, anonymous, guess):
+            assert await communicator.receive_nothing(timeout=0.02)
+        assert "for private" not in json.dumps(bob_ws.received + intruder.received)
+    finally:
+        for communicator in opened:
+            await communicator.disconnect()
+
+
+@db
+async def test_query_string_token_never_reaches_the_log(
+    ws: Any, chanx_caplog: pytest.LogCaptureFixture
+) -> None:
+    lines = io.StringIO()
+    json_lines = logging.StreamHandler(lines)
+    json_lines.setFormatter(chanx.JsonFormatter())
+    chanx.logger.addHandler(json_lines)
+    try:
+        user = await make_user("querylogged")
+        key = (await Token.objects.acreate(user=user)).key
+        communicator = await ws(f"/ws/auth/query/?token={key}&q=1")
+        assert await whoami(communicator) == "querylogged"
+        await communicator.send_to(text_data="{not json")  # an error frame
+        await communicator.receive_all_json()
+        await communicator.disconnect()
+        wrong_key = key[:-1] + ("1" if key.endswith("0") else "0")
+        wrong = await ws(f"/ws/auth/query/?token={wrong_key}", auth_ok=False)
+        await assert_refused(wrong, 401)
+        exploding = await ws(f"/ws/auth/explode/?token={key}", auth_ok=False)
+        await assert_refused(exploding, 500)  # logged with its traceback
+    finally:
+        chanx.logger.removeHandler(json_lines)
+    messages = {record.getMessage() for record in chanx_caplog.records}
+    assert {"Websocket connected", "Received websocket message", "Websocket disconnected"} <= (
+        messages
+    )
+    assert {"Websocket authentication refused", "Websocket authentication failed"} <= messages
+    assert key not in lines.getvalue()
+    assert key[:-1] not in lines.getvalue()
+    assert all(key[:-1] not in repr(vars(record)) for record in chanx_caplog.records)
+    assert len(lines.getvalue().splitlines()) == len(
+        [record for record in chanx_caplog.records if record.name == "chanx"]
+    )
