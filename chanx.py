@@ -8,7 +8,7 @@ test utilities.
 
     pip install chanx            # or copy this file into your project
 
-Home: https://github.com/chanx-project/chanx  -  Licence: MIT.
+Documentation: the README of the chanx repository; this file is its reference.  Licence: MIT.
 Runtime dependencies: django, channels, djangorestframework, pydantic.
 
 This file reads top to bottom in the order a connection lives through it;
@@ -144,6 +144,8 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_SERVER_ERROR = 4500
 
+#: After a channel-layer recovery, errors within this many seconds are the same outage.
+_OUTAGE_SECONDS = 30.0
 #: Channel-layer message types chanx sends between consumers.
 _GROUP_TYPE = "chanx.group"
 _EVENT_TYPE = "chanx.event"
@@ -1602,24 +1604,32 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     async def _read_layer(self) -> None:
         """Read channel-layer messages in order, beside the frame worker.
 
-        If the layer fails (a Redis restart), the failure is logged once, the
-        read is retried with backoff, and the groups are joined again (a
-        restarted Redis may have lost them) before reading resumes.
+        If the layer fails (a Redis restart), the read is retried with backoff
+        and the groups are joined again (a restarted Redis may have lost them)
+        before reading resumes. An outage is logged once, with its recovery;
+        errors within ``_OUTAGE_SECONDS`` of a recovery belong to it.
         """
         layer, name = self.channel_layer, self.channel_name
         failing, delay = False, 0.05
+        outage = False  # logged, and not yet over
+        recovered_at: float | None = None
         while True:
             try:
                 if failing:
                     for group in self.groups:
                         await layer.group_add(group, name)
-                    logger.warning("Channel layer recovered", extra=_log_context(self))
                     failing, delay = False, 0.05
+                    if recovered_at is None:
+                        recovered_at = time.monotonic()
+                        logger.warning("Channel layer recovered", extra=_log_context(self))
                 message = await layer.receive(name)
             except Exception:
-                if not failing:
+                if outage and recovered_at and time.monotonic() - recovered_at > _OUTAGE_SECONDS:
+                    outage = False
+                if not outage:
                     logger.exception("Channel layer failed; retrying", extra=_log_context(self))
-                    failing = True
+                    outage, recovered_at = True, None
+                failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
