@@ -910,7 +910,7 @@ def actions(frames: list[Any]) -> list[Any]:
 
 
 async def make_user(username: str, **fields: Any) -> Any:
-    return await User.objects.acreate_user(username=username, password="pw", **fields)
+    return await sync_to_async(User.objects.create_user)(username=username, password="pw", **fields)
 
 
 async def token_headers(user: Any) -> list[tuple[bytes, bytes]]:
@@ -2483,7 +2483,7 @@ class TestWebsocketTestCase(WebsocketTestCase):
         assert await communicator.receive_all_messages() == [WhoAmIReply(payload="casey")]
 
     async def test_create_communicator_forces_the_user(self) -> None:
-        other = await User.objects.acreate_user("dana", password="pw")
+        other = await sync_to_async(User.objects.create_user)("dana", password="pw")
         forced = self.create_communicator(user=other)
         await forced.connect()
         await forced.assert_authenticated_status_ok()
