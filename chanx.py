@@ -144,8 +144,6 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_SERVER_ERROR = 4500
 
-#: After a channel-layer recovery, errors within this many seconds are the same outage.
-_OUTAGE_SECONDS = 30.0
 #: Channel-layer message types chanx sends between consumers.
 _GROUP_TYPE = "chanx.group"
 _EVENT_TYPE = "chanx.event"
@@ -1363,11 +1361,11 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         if self._left:
             return
         self._closed = self._left = True
-        tasks = [t for t in (self._worker, self._layer_reader) if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        pending = {t for t in (self._worker, self._layer_reader) if t is not None and not t.done()}
+        while pending:  # again until done: a cancel can be swallowed (CPython gh-86296)
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         if self._frames:
             self._frames.clear()
         if self.channel_layer is not None:
@@ -1534,7 +1532,11 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     async def _send_text(self, text: str, action: str | None = None) -> None:
         if self._closed:
             return
-        await self.base_send({"type": "websocket.send", "text": text})
+        try:
+            await self.base_send({"type": "websocket.send", "text": text})
+        except OSError:  # the client is gone (uvicorn: ClientDisconnected); not an error
+            self._closed = True
+            return
         if (
             action is not None
             and self._cfg.log_sent_message
@@ -1604,32 +1606,24 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     async def _read_layer(self) -> None:
         """Read channel-layer messages in order, beside the frame worker.
 
-        If the layer fails (a Redis restart), the read is retried with backoff
-        and the groups are joined again (a restarted Redis may have lost them)
-        before reading resumes. An outage is logged once, with its recovery;
-        errors within ``_OUTAGE_SECONDS`` of a recovery belong to it.
+        If the layer fails (a Redis restart), the failure is logged once, the
+        read is retried with backoff, and the groups are joined again (a
+        restarted Redis may have lost them) before reading resumes.
         """
         layer, name = self.channel_layer, self.channel_name
         failing, delay = False, 0.05
-        outage = False  # logged, and not yet over
-        recovered_at: float | None = None
         while True:
             try:
                 if failing:
                     for group in self.groups:
                         await layer.group_add(group, name)
+                    logger.warning("Channel layer recovered", extra=_log_context(self))
                     failing, delay = False, 0.05
-                    if recovered_at is None:
-                        recovered_at = time.monotonic()
-                        logger.warning("Channel layer recovered", extra=_log_context(self))
                 message = await layer.receive(name)
             except Exception:
-                if outage and recovered_at and time.monotonic() - recovered_at > _OUTAGE_SECONDS:
-                    outage = False
-                if not outage:
+                if not failing:
                     logger.exception("Channel layer failed; retrying", extra=_log_context(self))
-                    outage, recovered_at = True, None
-                failing = True
+                    failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
