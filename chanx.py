@@ -1652,14 +1652,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             self._relayed.append(message["id"])
         sender = message["from_user"]
         is_mine = sender is not None and sender == self._user_key
-        mine_key, current_key = (
-            ("isMine", "isCurrent")
-            if self._cfg.camelize
-            else (
-                "is_mine",
-                "is_current",
-            )
-        )
+        camel = self._cfg.camelize
+        mine_key, current_key = ("isMine", "isCurrent") if camel else ("is_mine", "is_current")
         text: str = message["text"]
         flags = (
             f'"{mine_key}":{"true" if is_mine else "false"},'
