@@ -1,7 +1,8 @@
 """Start real servers of the example: redis-server, uvicorn, `manage.py` commands.
 
-Plain helpers (no pytest), shared by ``test_multiprocess.py`` and
-``bench/soak.py``. Every process is a context manager or has ``stop()``, every
+Plain helpers, shared by ``test_multiprocess.py``, the browser tests and
+``bench/soak.py`` (only ``require_browser`` and ``chromium`` import pytest or
+Playwright, and only when called). Every process is a context manager or has ``stop()``, every
 wait has a deadline, and every server binds 127.0.0.1.
 
     with RedisServer(tmp_dir) as redis, ExampleServer(env) as server:
@@ -23,7 +24,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = EXAMPLE_DIR.parent
@@ -31,6 +35,17 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 30.0  # seconds for a server to come up
 STOP_TIMEOUT = 10.0  # seconds for a process to exit after SIGTERM (then SIGKILL)
 MANAGE_TIMEOUT = 120.0  # seconds for one manage.py command
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def redis_available() -> bool:
@@ -76,6 +91,45 @@ def stop_process(process: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> N
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=STOP_TIMEOUT)
+
+
+def require_browser(module_name: str) -> None:
+    """Skip the calling test module unless Playwright and Chromium are installed.
+
+    With CHANX_REQUIRE_ALL=1 a missing piece fails the run instead. Call it at
+    module level, before importing playwright.
+    """
+    import importlib.util
+
+    import pytest
+
+    missing = [
+        reason
+        for reason, ok in [
+            ("the playwright package is not installed", importlib.util.find_spec("playwright")),
+            (f"{CHROMIUM} is missing", CHROMIUM.exists()),
+        ]
+        if not ok
+    ]
+    if not missing:
+        return
+    reason = f"{module_name} needs Playwright and Chromium: " + "; ".join(missing)
+    if os.environ.get("CHANX_REQUIRE_ALL") == "1":
+        pytest.fail(reason + " (CHANX_REQUIRE_ALL=1)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Browser]:
+    """A headless Chromium (``CHROMIUM``) under Playwright, closed on the way out."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
 
 
 class OutputCapture:

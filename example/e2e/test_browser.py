@@ -10,140 +10,38 @@ CHANX_REQUIRE_ALL=1 (then it fails).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import queue
-import re
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-EXAMPLE_DIR = Path(__file__).resolve().parents[1]
-REPO_DIR = EXAMPLE_DIR.parent
-UVICORN_ARGS = [
-    "config.asgi:application",
-    "--host",
-    "127.0.0.1",
-    "--port",
-    "0",
-    "--lifespan",
-    "off",
-]
-SERVER_START_TIMEOUT = 30.0  # seconds
+from e2e.servers import ExampleServer, chromium, example_env, prepare_demo_db, require_browser
+
 UI_TIMEOUT = 15_000  # milliseconds, for every Playwright wait
 
-_missing = [
-    reason
-    for reason, ok in [
-        ("the playwright package is not installed", importlib.util.find_spec("playwright")),
-        (f"{CHROMIUM} is missing", CHROMIUM.exists()),
-    ]
-    if not ok
-]
-if _missing:
-    reason = "browser test needs Playwright and Chromium: " + "; ".join(_missing)
-    if os.environ.get("CHANX_REQUIRE_ALL") == "1":
-        pytest.fail(reason + " (CHANX_REQUIRE_ALL=1)", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+require_browser(__name__)
 
-from playwright.sync_api import Browser, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page  # noqa: E402
 
 from assistants.generator import reply_for  # noqa: E402
-
-
-def _run(args: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=EXAMPLE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stderr}"
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Migrate a fresh database, load the demo data, serve with uvicorn."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "PYTHONPATH": os.pathsep.join([str(REPO_DIR), str(EXAMPLE_DIR)]),
-        "SQLITE_PATH": str(tmp_path_factory.mktemp("e2e") / "db.sqlite3"),
-        "ASSISTANT_TOKEN_DELAY": "0.1",  # slow enough to watch the reply grow
-    }
-    env.pop("REDIS_URL", None)  # one process: the in-memory channel layer will do
-    _run(["migrate", "--verbosity=0"], env)
-    _run(["demo"], env)
-
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", *UVICORN_ARGS],
-        cwd=EXAMPLE_DIR,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    output: list[str] = []
-
-    def pump() -> None:  # keep reading, so the pipe never fills up
-        assert server.stdout is not None
-        for line in server.stdout:
-            output.append(line)
-            lines.put(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
-        while True:  # uvicorn prints the port it bound: "Uvicorn running on http://..."
-            try:
-                line = lines.get(timeout=SERVER_START_TIMEOUT)
-            except queue.Empty:
-                pytest.fail("uvicorn did not start:\n" + "".join(output))
-            match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-            if match:
-                break
-        yield match.group(1)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
-        reader.join(timeout=10)
-        assert server.stdout is not None
-        server.stdout.close()
+    sqlite_path = tmp_path_factory.mktemp("e2e") / "db.sqlite3"
+    prepare_demo_db(sqlite_path)
+    # No REDIS_URL: one process, the in-memory channel layer will do.
+    env = example_env(sqlite_path, ASSISTANT_TOKEN_DELAY="0.1")  # slow enough to watch
+    with ExampleServer(env) as server:
+        yield server.base_url
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 def login(browser: Browser, base_url: str, username: str) -> Page:
