@@ -275,7 +275,6 @@ class ChanxSettings:
     """
 
     def __init__(self) -> None:
-        self._cache: dict[str, Any] = {}
         self._user: dict[str, Any] | None = None
         self.version = 0  # bumped on every reload, for caches built from settings
 
@@ -297,15 +296,13 @@ class ChanxSettings:
         value = self._user_settings().get(name, DEFAULTS[name])
         if name == "LOG_IGNORED_ACTIONS":
             value = frozenset(value)
-        self._cache[name] = value
-        setattr(self, name, value)  # later reads skip __getattr__
+        setattr(self, name, value)  # cached: later reads skip __getattr__
         return value
 
     def reload(self) -> None:
         """Forget cached values; the next read sees ``settings.CHANX`` again."""
-        for name in self._cache:
-            delattr(self, name)
-        self._cache.clear()
+        for name in DEFAULTS:
+            self.__dict__.pop(name, None)
         self._user = None
         self.version += 1
 
