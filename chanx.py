@@ -108,7 +108,6 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union
 
 from asgiref.sync import async_to_sync, sync_to_async
 from asgiref.testing import ApplicationCommunicator
-from channels.db import database_sync_to_async
 from channels.generic.websocket import (
     AsyncJsonWebsocketConsumer as _ChannelsJsonConsumer,
 )
@@ -119,7 +118,6 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import setting_changed
-from django.db import close_old_connections
 from django.db.backends.signals import connection_created
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.test import TestCase
@@ -745,8 +743,16 @@ class ChanxWebsocketAuthenticator:
 
     async def authenticate(self, scope: Scope) -> AuthenticationResult:
         """Run DRF once, in a worker thread with Django's DB connection handling."""
-        result: AuthenticationResult = await database_sync_to_async(self.authenticate_sync)(scope)
+        result: AuthenticationResult = await sync_to_async(self._authenticate_cleanly)(scope)
         return result
+
+    def _authenticate_cleanly(self, scope: Scope) -> AuthenticationResult:
+        # As Channels' database_sync_to_async, but sparing a test's transaction.
+        _close_old_connections()
+        try:
+            return self.authenticate_sync(scope)
+        finally:
+            _close_old_connections()
 
     def build_view(self, request: HttpRequest, kwargs: dict[str, Any]) -> Any:
         """The configured ``ChanxAuthView`` instance for one handshake."""
@@ -765,7 +771,6 @@ class ChanxWebsocketAuthenticator:
 
     def authenticate_sync(self, scope: Scope) -> AuthenticationResult:
         """Authenticate, check permissions and throttles, look up the object."""
-        _HYGIENE_THREADS.add(threading.get_ident())
         kwargs = dict(scope.get("url_route", {}).get("kwargs", {}))
         django_request = _build_request(scope, self.auth_method)
         view = self.build_view(django_request, kwargs)
@@ -819,32 +824,56 @@ DjangoAuthenticator = ChanxWebsocketAuthenticator
 ###############################################################################
 
 # Database hygiene without a thread hop per frame. Channels runs
-# close_old_connections() on a worker thread before every message (about
-# 57 us and one shared thread). chanx instead looks at the connections of
-# the thread the ORM's async calls run on, from the event loop, and hops to
-# that thread only when one is obsolete (CONN_MAX_AGE), errored or left
-# outside autocommit: exactly the cases close_old_connections() acts on.
-
-_DB_CONNECTIONS: tuple[weakref.ref[Any], ...] = ()
-_HYGIENE_THREADS: set[int] = set()
-
-
-def _track_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
-    global _DB_CONNECTIONS  # replaced whole, so readers never see it change
-    alive = tuple(ref for ref in _DB_CONNECTIONS if ref() is not None)
-    _DB_CONNECTIONS = (*alive, weakref.ref(connection))
+# close_old_connections() on a worker thread before every message (a thread
+# hop of 60-150 us, on one shared thread). chanx remembers the thread its own
+# sync code (authentication, cleanup) last ran on, which is the thread the
+# ORM's async calls run on, watches that thread's connections from the event
+# loop, and hops there only when one is obsolete (CONN_MAX_AGE), errored or
+# out of autocommit: the cases close_old_connections() acts on. A connection
+# inside a transaction is never closed (a TestCase's, in tests).
 
 
-connection_created.connect(_track_connection)
+class _OrmThread:
+    """The ORM thread and its connections (a few wrappers, one per alias)."""
+
+    ident: int | None = None
+    connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _adopt_orm_thread() -> None:
+    """Called by chanx's sync code: this thread is where the ORM runs."""
+    ident = threading.get_ident()
+    if _OrmThread.ident != ident:
+        from django.db import connections
+
+        _OrmThread.ident = ident
+        _OrmThread.connections = weakref.WeakSet(connections.all(initialized_only=True))
+
+
+def _watch_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
+    if threading.get_ident() == _OrmThread.ident:
+        _OrmThread.connections.add(connection)  # a set: a reconnection adds nothing
+
+
+connection_created.connect(_watch_connection)
+
+
+def _close_old_connections() -> None:
+    """``close_old_connections()`` on this thread, sparing open transactions."""
+    from django.db import connections
+
+    _adopt_orm_thread()
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close_if_unusable_or_obsolete()
 
 
 def _db_needs_cleanup() -> bool:
+    if _OrmThread.ident is None:
+        return True  # not known yet: the first hop finds it
     now = 0.0
-    for ref in _DB_CONNECTIONS:
-        conn = ref()
-        if conn is None or conn.connection is None or conn.in_atomic_block:
-            continue
-        if _HYGIENE_THREADS and conn._thread_ident not in _HYGIENE_THREADS:
+    for conn in _OrmThread.connections:
+        if conn.connection is None or conn.in_atomic_block:
             continue
         if conn.errors_occurred or conn.autocommit != conn.settings_dict["AUTOCOMMIT"]:
             return True
@@ -856,14 +885,9 @@ def _db_needs_cleanup() -> bool:
     return False
 
 
-def _close_old_connections() -> None:
-    _HYGIENE_THREADS.add(threading.get_ident())
-    close_old_connections()
-
-
 async def _ensure_db_hygiene() -> None:
     """Close stale DB connections before user code runs, hopping only if needed."""
-    if _DB_CONNECTIONS and _db_needs_cleanup():
+    if _db_needs_cleanup():
         await sync_to_async(_close_old_connections)()
 
 
@@ -1459,6 +1483,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         """Cancel and await every task of the connection, leave groups, call ``disconnect``."""
         await self._leave()
         try:
+            await _ensure_db_hygiene()
             await self.disconnect(message.get("code", 1000))
         except Exception:
             logger.exception("disconnect() failed", extra=_log_context(self))
@@ -2545,6 +2570,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
         self.consumer = consumer or _consumer_at(application, scope["path"])
         self.received: list[Any] = []  # every frame read, for failure messages
         self.connected = False
+        self._peeked: deque[ASGIMessage] = deque()  # read but not yet consumed, in order
 
     async def _input(self, message: ASGIMessage) -> None:
         if self.future.done():
@@ -2553,6 +2579,8 @@ class WebsocketCommunicator(ApplicationCommunicator):
 
     async def _next_output(self, timeout: float) -> ASGIMessage | None:
         """The next message the application sent, or None after ``timeout``."""
+        if self._peeked:
+            return self._peeked.popleft()
         if not self.output_queue.empty():
             message: ASGIMessage = self.output_queue.get_nowait()
             return message
@@ -2612,11 +2640,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
 
     async def receive_nothing(self, timeout: float = 0.1, interval: float = 0) -> bool:
         """True when nothing arrives within ``timeout`` (``interval``: unused, no polling)."""
-        if not self.output_queue.empty():
-            return False
         response = await self._next_output(timeout)
         if response is not None:
-            self.output_queue.put_nowait(response)
+            self._peeked.appendleft(response)
             return False
         return True
 
@@ -2656,7 +2682,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
         frames = []
         while (response := await self._next_output(timeout)) is not None:
             if response["type"] != "websocket.send":
-                self.output_queue.put_nowait(response)
+                self._peeked.appendleft(response)
                 break
             frames.append(json.loads(response.get("text") or "null"))
         self.received.extend(frames)
@@ -2736,6 +2762,17 @@ class WebsocketTestCase(TestCase):
     frames of ``receive_all_messages``. ``get_ws_headers()`` supplies the
     credentials of ``auth_communicator``; ``create_communicator`` makes more
     users or tabs. Every communicator is disconnected when the test ends.
+
+    Each test runs inside a transaction that is rolled back afterwards (the
+    speed of ``TestCase``), and so do the consumers it drives: an async test
+    runs its event loop in a helper thread while the ORM's calls run on the
+    test's own thread, with the test's connection, so ``setUp`` data is
+    visible to the consumer. chanx never closes a connection inside a
+    transaction, and during the test Channels' ``database_sync_to_async``
+    does the same. Sync code that runs in another thread
+    (``thread_sensitive=False``) has its own connection and does not see the
+    test's data: use ``TransactionTestCase`` semantics (pytest's
+    ``django_db(transaction=True)``) with a plain ``WebsocketCommunicator``.
     """
 
     ws_path: str = ""
@@ -2746,6 +2783,7 @@ class WebsocketTestCase(TestCase):
         super().__init__(methodName)
         self._communicators: list[WebsocketCommunicator] = []
         self._auth_communicator: WebsocketCommunicator | None = None
+        self._ws_credentials: tuple[list[tuple[bytes, bytes]], str] | None = None
         method = getattr(self, methodName, None)
         if inspect.iscoroutinefunction(method):
             test = method
@@ -2758,6 +2796,15 @@ class WebsocketTestCase(TestCase):
                     await self.disconnect_all()
 
             setattr(self, methodName, run_then_disconnect)
+
+    def _callTestMethod(self, method: Any) -> None:
+        # After setUp, in sync code: get_ws_headers() may use the ORM.
+        self._ws_credentials = (list(self.get_ws_headers()), self.get_ws_query_string())
+        import channels.db
+        from unittest import mock
+
+        with mock.patch.object(channels.db, "close_old_connections", _close_old_connections):
+            super()._callTestMethod(method)  # type: ignore[misc]
 
     def get_ws_headers(self) -> list[tuple[bytes, bytes]]:
         """Headers of ``auth_communicator`` (e.g. a token or a session cookie)."""
@@ -2806,9 +2853,11 @@ class WebsocketTestCase(TestCase):
     def auth_communicator(self) -> WebsocketCommunicator:
         """The communicator with ``get_ws_headers()`` credentials, made on first use."""
         if self._auth_communicator is None:
-            self._auth_communicator = self.create_communicator(
-                headers=self.get_ws_headers(), query_string=self.get_ws_query_string()
+            headers, query = self._ws_credentials or (
+                self.get_ws_headers(),
+                self.get_ws_query_string(),
             )
+            self._auth_communicator = self.create_communicator(headers=headers, query_string=query)
         return self._auth_communicator
 
     async def disconnect_all(self) -> None:
