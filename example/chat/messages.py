@@ -20,10 +20,24 @@ class SendChatMessage(BaseMessage):
     payload: SendChatPayload
 
 
+class LoadHistoryPayload(BaseModel):
+    after_id: int | None = Field(
+        default=None, description="Only messages newer than this one (the last one shown)."
+    )
+
+
+class LoadHistoryMessage(BaseMessage):
+    """Ask for the room's recent messages (answered with chat_history)."""
+
+    action: Literal["load_history"] = "load_history"
+    payload: LoadHistoryPayload = Field(default_factory=LoadHistoryPayload)
+
+
 # Server -> every member's socket (group message: carries is_mine / is_current).
 
 
 class ChatPayload(BaseModel):
+    id: int = Field(description="Id of the stored message.")
     author: str
     text: str
 
@@ -33,6 +47,20 @@ class ChatMessage(BaseGroupMessage):
 
     action: Literal["chat_message"] = "chat_message"
     payload: ChatPayload
+
+
+# Server -> the socket that asked (a reply to load_history).
+
+
+class ChatHistoryPayload(BaseModel):
+    messages: list[ChatPayload] = Field(description="Oldest first.")
+
+
+class ChatHistoryMessage(BaseMessage):
+    """The room's recent messages, oldest first."""
+
+    action: Literal["chat_history"] = "chat_history"
+    payload: ChatHistoryPayload
 
 
 # Events the HTTP views send to the room's consumers, and what clients see.
@@ -57,10 +85,14 @@ RoomEvent = MemberAddedEvent | MemberRemovedEvent
 
 
 class MemberAddedMessage(BaseMessage):
+    """Someone joined the room."""
+
     action: Literal["member_added"] = "member_added"
     payload: MemberPayload
 
 
 class MemberRemovedMessage(BaseMessage):
+    """Someone left or was removed; their own sockets are then closed with 4403."""
+
     action: Literal["member_removed"] = "member_removed"
     payload: MemberPayload

@@ -6,6 +6,14 @@ from django.db import models
 
 class Room(models.Model):
     name = models.CharField(max_length=100, unique=True)
+    # The owner may remove any member (so may staff); other members may only leave.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="owned_rooms",
+    )
 
     def __str__(self) -> str:
         return self.name
@@ -28,3 +36,28 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.room}"
+
+
+class Message(models.Model):
+    """A chat message, stored so that a page (re)load shows the room's recent history."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        related_name="chat_messages",
+    )
+    text = models.TextField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+        indexes = [models.Index(fields=["room", "-id"], name="chat_message_room_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.author_name}: {self.text[:40]}"
+
+    @property
+    def author_name(self) -> str:
+        return self.author.get_username() if self.author else "[deleted user]"

@@ -11,9 +11,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat.consumers import RoomConsumer
+from chat.history import recent_messages
 from chat.messages import MemberAddedEvent, MemberPayload, MemberRemovedEvent
 from chat.models import Membership, Room
-from chat.permissions import IsRoomMember
+from chat.permissions import IsRoomMember, IsRoomOwner, MayRemoveMember, may_remove_others
 
 User = get_user_model()
 
@@ -23,9 +24,10 @@ class AddMemberSerializer(serializers.Serializer[None]):
 
 
 class RoomMembersBase(APIView):
-    """Staff, or members of the room, may change its members."""
+    """Staff, the room's owner and its members may add members; who may remove
+    whom is MayRemoveMember's rule."""
 
-    permission_classes = [IsAdminUser | IsRoomMember]
+    permission_classes = [IsAdminUser | IsRoomOwner | IsRoomMember]
 
     def get_room(self, request: Request, pk: int) -> Room:
         room = get_object_or_404(Room, pk=pk)
@@ -52,11 +54,17 @@ class RoomMembersView(RoomMembersBase):
 
 
 class RoomMemberDetailView(RoomMembersBase):
-    """DELETE: remove a member; their open sockets are closed."""
+    """DELETE: remove a member (staff, the room's owner) or leave (the member
+    themself); the room hears about it and the member's open sockets are closed."""
 
     def delete(self, request: Request, pk: int, user_id: int) -> Response:
         room = self.get_room(request, pk)
-        membership = get_object_or_404(Membership, room=room, user_id=user_id)
+        membership = get_object_or_404(
+            Membership.objects.select_related("room", "user"), room=room, user_id=user_id
+        )
+        permission = MayRemoveMember()
+        if not permission.has_object_permission(request, self, membership):
+            self.permission_denied(request, message=permission.message)
         member = MemberPayload(user_id=user_id, username=membership.user.get_username())
         membership.delete()
         RoomConsumer.broadcast_event_sync(MemberRemovedEvent(payload=member), [room.group_name])
@@ -67,12 +75,21 @@ class RoomMemberDetailView(RoomMembersBase):
 def room_page(request: HttpRequest, pk: int) -> HttpResponse:
     room = get_object_or_404(Room, pk=pk)
     members = room.memberships.select_related("user").order_by("user__username")
+    is_member = any(m.user_id == request.user.pk for m in members)
     return render(
         request,
         "chat/room.html",
         {
             "room": room,
             "members": [m.user for m in members],
-            "is_member": any(m.user_id == request.user.pk for m in members),
+            "is_member": is_member,
+            # Read by the page's script (json_script), rendered with textContent only.
+            "room_data": {
+                "id": room.pk,
+                "user_id": request.user.pk,
+                "username": request.user.get_username(),
+                "may_remove_others": may_remove_others(request.user, room),
+                "history": [m.model_dump() for m in recent_messages(room)] if is_member else [],
+            },
         },
     )

@@ -229,7 +229,9 @@ async def test_chat_and_events_cross_server_processes(
         await alice.send(json.dumps({"action": "send_chat", "payload": {"text": "hi from 1"}}))
         mine = await recv_action(alice, "chat_message")
         theirs = await recv_action(bob, "chat_message")
-        payload = {"author": "alice", "text": "hi from 1"}
+        # The message is stored (chat history): its id comes with it.
+        assert isinstance(mine["payload"].get("id"), int), mine
+        payload = {"id": mine["payload"]["id"], "author": "alice", "text": "hi from 1"}
         assert mine == {
             "action": "chat_message",
             "payload": payload,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.test import TestCase
 
 from chanx import (
     CLOSE_FORBIDDEN,
@@ -18,14 +19,20 @@ from chanx import (
 )
 from chat.consumers import RoomConsumer
 from chat.messages import (
+    ChatHistoryMessage,
+    ChatHistoryPayload,
+    ChatPayload,
+    LoadHistoryMessage,
+    LoadHistoryPayload,
     MemberAddedEvent,
     MemberAddedMessage,
     MemberPayload,
+    MemberRemovedEvent,
     MemberRemovedMessage,
     SendChatMessage,
     SendChatPayload,
 )
-from chat.models import Membership, Room
+from chat.models import Membership, Message, Room
 from config.testing import session_headers
 
 User = get_user_model()
@@ -49,7 +56,7 @@ class RoomConsumerTests(WebsocketTestCase):
         self.alice = User.objects.create_user("alice")
         self.bob = User.objects.create_user("bob")
         self.carol = User.objects.create_user("carol")
-        self.room = Room.objects.create(name="Lobby")
+        self.room = Room.objects.create(name="Lobby", owner=self.alice)
         for user in (self.alice, self.bob):
             Membership.objects.create(room=self.room, user=user)
         self.ws_path = f"/ws/chat/{self.room.pk}/"
@@ -97,19 +104,31 @@ class RoomConsumerTests(WebsocketTestCase):
             [chat] = [f for f in frames if f["action"] == "chat_message"]
             return chat
 
-        payload = {"author": "alice", "text": "hi all"}
-        for communicator, is_mine, is_current in [
-            (alice, True, True),
-            (alice_tab2, True, False),
-            (bob, False, False),
-        ]:
-            frames = await communicator.receive_all_json(stop_action=GROUP_ACTION_COMPLETE)
-            assert relayed(frames) == {
+        received = {
+            name: relayed(await communicator.receive_all_json(stop_action=GROUP_ACTION_COMPLETE))
+            for name, communicator in [("alice", alice), ("alice_tab2", alice_tab2), ("bob", bob)]
+        }
+        # Stored before it was relayed (a reload shows it); the frame carries its id.
+        stored = await Message.objects.aget()
+        assert (stored.room_id, stored.author_id, stored.text) == (
+            self.room.pk,
+            self.alice.pk,
+            "hi all",
+        )
+        payload = {"id": stored.pk, "author": "alice", "text": "hi all"}
+        assert received == {
+            name: {
                 "action": "chat_message",
                 "payload": payload,
                 "is_mine": is_mine,
                 "is_current": is_current,
             }
+            for name, is_mine, is_current in [
+                ("alice", True, True),
+                ("alice_tab2", True, False),
+                ("bob", False, False),
+            ]
+        }
 
     async def test_invalid_chat_message_gets_an_error_and_is_not_relayed(self) -> None:
         alice = await self.connect(self.auth_communicator)
@@ -119,6 +138,31 @@ class RoomConsumerTests(WebsocketTestCase):
         assert error["action"] == "error"
         assert error["payload"][0]["loc"][-1] == "text"
         assert await bob.receive_nothing()
+        assert not await Message.objects.aexists()
+
+    # History ##################################################################
+
+    async def test_history_is_stored_and_loaded_on_request(self) -> None:
+        alice = await self.connect(self.auth_communicator)
+        for text in ("first", "second", "third"):
+            await alice.send_message(SendChatMessage(payload=SendChatPayload(text=text)))
+            await alice.receive_all_json(stop_action=GROUP_ACTION_COMPLETE)
+        ids = [pk async for pk in Message.objects.order_by("id").values_list("id", flat=True)]
+
+        bob = await self.connect(self.create_communicator(user=self.bob))  # a reload, say
+        await bob.send_message(LoadHistoryMessage())
+        entries = [
+            ChatPayload(id=pk, author="alice", text=text)
+            for pk, text in zip(ids, ("first", "second", "third"), strict=True)
+        ]
+        assert await bob.receive_all_messages() == [
+            ChatHistoryMessage(payload=ChatHistoryPayload(messages=entries))
+        ]
+        # after_id: only what the page has not shown yet.
+        await bob.send_message(LoadHistoryMessage(payload=LoadHistoryPayload(after_id=ids[1])))
+        assert await bob.receive_all_messages() == [
+            ChatHistoryMessage(payload=ChatHistoryPayload(messages=entries[2:]))
+        ]
 
     # HTTP -> websocket events #################################################
 
@@ -143,6 +187,7 @@ class RoomConsumerTests(WebsocketTestCase):
         alice = await self.connect(self.auth_communicator)
         bob = await self.connect(self.create_communicator(user=self.bob))
 
+        # alice owns the room, so she may remove bob.
         response = await self.async_client.delete(f"{self.members_url}{self.bob.pk}/")
         assert response.status_code == 204
 
@@ -174,3 +219,62 @@ class RoomConsumerTests(WebsocketTestCase):
                 [f"room_{self.room.pk}"],
             )
         ]
+
+
+class RemoveMemberPermissionTests(TestCase):
+    """DELETE /api/chat/rooms/<pk>/members/<user_id>/: staff and the room's owner
+    may remove anyone, a member only themself (leave), nobody else anyone."""
+
+    def setUp(self) -> None:
+        self.owner = User.objects.create_user("alice")
+        self.bob = User.objects.create_user("bob")
+        self.carol = User.objects.create_user("carol")
+        self.outsider = User.objects.create_user("dave")
+        self.staff = User.objects.create_user("admin", is_staff=True)
+        self.room = Room.objects.create(name="Lobby", owner=self.owner)
+        for user in (self.owner, self.bob, self.carol):
+            Membership.objects.create(room=self.room, user=user)
+
+    def remove(self, by: Any, member: Any) -> tuple[int, list[Any]]:
+        """(status, events broadcast) of `by` removing `member`."""
+        self.client.force_login(by)
+        with capture_events(RoomConsumer, suppress=True) as events:
+            response = self.client.delete(f"/api/chat/rooms/{self.room.pk}/members/{member.pk}/")
+        return response.status_code, [e.event for e in events]
+
+    def is_member(self, user: Any) -> bool:
+        return Membership.objects.filter(room=self.room, user=user).exists()
+
+    def test_a_member_may_not_remove_another_member(self) -> None:
+        for victim in (self.carol, self.owner):
+            status, events = self.remove(self.bob, victim)
+            assert (status, events) == (403, [])
+            assert self.is_member(victim)
+        self.client.force_login(self.bob)
+        response = self.client.delete(f"/api/chat/rooms/{self.room.pk}/members/{self.carol.pk}/")
+        assert "you may only leave" in response.json()["detail"]
+
+    def test_a_member_may_leave(self) -> None:
+        status, events = self.remove(self.bob, self.bob)
+        assert (status, events) == (
+            204,
+            [MemberRemovedEvent(payload=MemberPayload(user_id=self.bob.pk, username="bob"))],
+        )
+        assert not self.is_member(self.bob)
+
+    def test_the_owner_and_staff_may_remove_anyone(self) -> None:
+        assert self.remove(self.owner, self.bob)[0] == 204
+        assert self.remove(self.staff, self.carol)[0] == 204  # staff need not be members
+        assert not self.is_member(self.bob) and not self.is_member(self.carol)
+
+    def test_outsiders_may_remove_nobody_nor_learn_who_is_in(self) -> None:
+        assert self.remove(self.outsider, self.bob) == (403, [])
+        assert self.remove(self.outsider, self.outsider) == (403, [])  # not a member: 403, not 404
+        assert self.is_member(self.bob)
+        self.client.logout()
+        response = self.client.delete(f"/api/chat/rooms/{self.room.pk}/members/{self.bob.pk}/")
+        assert response.status_code in (401, 403)
+        assert self.is_member(self.bob)
+
+    def test_removing_a_non_member_is_not_found(self) -> None:
+        assert self.remove(self.staff, self.outsider) == (404, [])

@@ -34,7 +34,11 @@ class Command(BaseCommand):
                 user.save()
             users[username] = user
 
+        # alice owns the Lobby: she (and admin, who is staff) may remove members; bob may leave.
         lobby, _ = Room.objects.get_or_create(name="Lobby")
+        if lobby.owner_id is None:  # also a Lobby made before rooms had owners
+            lobby.owner = users["alice"]
+            lobby.save(update_fields=["owner"])
         for username in ("alice", "bob"):
             Membership.objects.get_or_create(room=lobby, user=users[username])
         conversation, _ = Conversation.objects.get_or_create(
@@ -43,12 +47,15 @@ class Command(BaseCommand):
 
         base = "http://127.0.0.1:8000"
         lines = [
-            "Demo data ready. Start the server with `python manage.py runserver`, then open:",
+            # `python3 dev.py example` runs this command, then starts the server itself
+            # (by hand: `python manage.py runserver`, see example/README.md).
+            "Demo data ready. Once the server is up (`python3 dev.py example` starts it"
+            " right after this), open:",
             f"  {base}/  (index)",
             f"  {base}/login/",
-            f"  {base}/chat/{lobby.pk}/  (the Lobby room, as alice and as bob)",
-            f"  {base}/assistants/?conversation={conversation.pk}",
-            f"  {base}/playground/websocket/",
+            f"  {base}/chat/{lobby.pk}/  (the Lobby chat room, as alice and as bob)",
+            f"  {base}/assistants/?conversation={conversation.pk}  (the streaming assistant)",
+            f"  {base}/playground/websocket/  (every endpoint; try the echo assistant)",
             "Logins: " + ", ".join(f"{name} / {password}" for name, password, _ in USERS),
         ]
         self.stdout.write("\n".join(lines))
