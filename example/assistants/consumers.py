@@ -33,8 +33,17 @@ from chanx import (
 )
 
 
+@channel(
+    name="echo_assistant",
+    description="Echo assistant: answers each new_message with a reply quoting it.",
+    tags=["assistants"],
+)
 class AssistantConsumer(AsyncJsonWebsocketConsumer):
-    """Websocket to chat with server, like chat with chatbot system"""
+    """Echo assistant: answers each new_message with a reply quoting it.
+
+    Logged-in users only. Written in the early style: one INCOMING_MESSAGE_SCHEMA
+    and a receive_message that matches on the message type.
+    """
 
     INCOMING_MESSAGE_SCHEMA = AssistantIncomingMessage
     permission_classes = [IsAuthenticated]
@@ -62,12 +71,17 @@ class AssistantAuthenticator(DjangoAuthenticator):
 
 
 @channel(
-    name="assistants",
-    description="Streaming assistant: watch the replies to a conversation",
+    name="streaming_assistant",
+    description="Streaming assistant: the replies to one conversation, word by word.",
     tags=["assistants"],
 )
 class ConversationAssistantConsumer(AsyncJsonWebsocketConsumer[AssistantEvent]):
-    """Forwards what the HTTP views broadcast about one conversation."""
+    """Streaming assistant: the replies to one conversation, word by word.
+
+    Messages are POSTed over HTTP; the view streams the reply as events, which
+    this consumer forwards. Open to the conversation's owner (anyone, for an
+    anonymous conversation).
+    """
 
     authenticator_class = AssistantAuthenticator
     authenticator: AssistantAuthenticator
@@ -83,8 +97,7 @@ class ConversationAssistantConsumer(AsyncJsonWebsocketConsumer[AssistantEvent]):
         self.groups.append(group_name)
 
     @ws_handler(
-        summary="Handle ping requests",
-        description="Simple ping-pong for connectivity testing",
+        summary="Ping", description="Connectivity check: answered with pong.", tags=["util"]
     )
     async def handle_ping(self, message: PingMessage) -> PongMessage:
         return PongMessage()

@@ -5,10 +5,11 @@ from django.urls import include, path
 import chanx
 from assistants.views import assistants_page
 from chat.views import room_page
-from config.views import index
+from config.views import favicon, index
 
 urlpatterns = [
     path("", index, name="index"),
+    path("favicon.ico", favicon, name="favicon"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("assistants/", assistants_page, name="assistants"),

@@ -1,8 +1,11 @@
 """End to end: the example served by uvicorn, driven by a real Chromium.
 
 Starts its own server on a free loopback port with a fresh SQLite file, then
-two browser contexts (alice and bob) chat in the Lobby, and alice watches a
-streamed assistant reply arrive word by word.
+two browser contexts (alice and bob) chat in the Lobby, reload it and see the
+stored history, alice (the Lobby's owner) removes bob, who is told so and can
+no longer send, bob leaves by himself, and alice watches a streamed assistant
+reply arrive word by word. No page request fails (the favicon included). Each
+test leaves the demo data as it found it, so the order does not matter.
 
 Skipped when Playwright or /usr/bin/chromium is missing, unless
 CHANX_REQUIRE_ALL=1 (then it fails).
@@ -11,8 +14,10 @@ CHANX_REQUIRE_ALL=1 (then it fails).
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -22,20 +27,31 @@ UI_TIMEOUT = 15_000  # milliseconds, for every Playwright wait
 
 require_browser(__name__)
 
-from playwright.sync_api import Browser, Page  # noqa: E402
+from playwright.sync_api import Browser, Page, Response, expect  # noqa: E402
 
 from assistants.generator import reply_for  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Any]]]:
     """Migrate a fresh database, load the demo data, serve with uvicorn."""
     sqlite_path = tmp_path_factory.mktemp("e2e") / "db.sqlite3"
-    prepare_demo_db(sqlite_path)
+    demo = prepare_demo_db(sqlite_path)
     # No REDIS_URL: one process, the in-memory channel layer will do.
     env = example_env(sqlite_path, ASSISTANT_TOKEN_DELAY="0.1")  # slow enough to watch
     with ExampleServer(env) as server:
-        yield server.base_url
+        yield server.base_url, demo
+
+
+@pytest.fixture(scope="module")
+def base_url(site: tuple[str, dict[str, Any]]) -> str:
+    return site[0]
+
+
+@pytest.fixture(scope="module")
+def lobby(site: tuple[str, dict[str, Any]]) -> str:
+    """The Lobby's page (alice and bob are members, alice owns it)."""
+    return f"/chat/{site[1]['lobby']}/"
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +60,24 @@ def browser() -> Iterator[Browser]:
         yield browser
 
 
+# Per page: HTTP responses >= 400 and JavaScript errors, checked by `close()`.
+PROBLEMS: dict[Page, list[str]] = {}
+
+
 def login(browser: Browser, base_url: str, username: str) -> Page:
     """A fresh browser context logged in as `username` (password: <username>-password)."""
     context = browser.new_context(base_url=base_url)
     context.set_default_timeout(UI_TIMEOUT)
+    expect.set_options(timeout=UI_TIMEOUT)
     page = context.new_page()
+    problems = PROBLEMS[page] = []
+
+    def check(response: Response) -> None:
+        if response.status >= 400:
+            problems.append(f"{response.status} {response.request.method} {response.url}")
+
+    context.on("response", check)
+    page.on("pageerror", lambda error: problems.append(f"JavaScript error: {error}"))
     page.goto("/login/")
     page.fill("#id_username", username)
     page.fill("#id_password", f"{username}-password")
@@ -57,9 +86,43 @@ def login(browser: Browser, base_url: str, username: str) -> Page:
     return page
 
 
+def close(*pages: Page) -> None:
+    """Close the pages' contexts; fail if any request of theirs failed."""
+    problems = []
+    for page in pages:
+        page.context.close()
+        problems += PROBLEMS.pop(page, [])
+    assert problems == []
+
+
 def open_lobby(page: Page) -> None:
     page.click("#rooms >> text=Lobby")
     page.wait_for_selector("#status[data-state=open]")
+
+
+def chat(page: Page, text: str) -> None:
+    page.fill("#text", text)
+    page.press("#text", "Enter")
+
+
+def member(page: Page, username: str) -> Any:
+    return page.locator(f"#members li:has-text('{username}')")
+
+
+def add_member(page: Page, username: str) -> None:
+    page.fill("#username", username)
+    page.press("#username", "Enter")
+    member(page, username).wait_for()
+
+
+def expect_closed(page: Page, code: int, text: str) -> None:
+    """The status line explains the close, and nothing can be sent any more."""
+    status = page.locator("#status")
+    expect(status).to_have_attribute("data-code", str(code))
+    expect(status).to_have_text(text)
+    expect(status).to_have_attribute("data-state", "closed")
+    expect(page.locator("#text")).to_be_disabled()
+    expect(page.locator("#send-form button")).to_be_disabled()
 
 
 def test_two_users_chat_in_a_room(browser: Browser, base_url: str) -> None:
@@ -89,14 +152,111 @@ def test_two_users_chat_in_a_room(browser: Browser, base_url: str) -> None:
     )
 
     # Membership changes made over HTTP reach the other member's page live.
-    alice.fill("#username", "admin")
-    alice.press("#username", "Enter")
-    bob.locator("#members li", has_text="admin").wait_for()
-    alice.locator("#members li", has_text="admin").locator("button.remove").click()
-    bob.locator("#members li", has_text="admin").wait_for(state="detached")
+    add_member(alice, "admin")
+    member(bob, "admin").wait_for()
+    expect(member(bob, "admin").locator("button")).to_have_count(0)  # bob may not remove
+    member(alice, "admin").locator("button.remove").click()  # alice owns the Lobby
+    member(bob, "admin").wait_for(state="detached")
+    close(alice, bob)
 
-    alice.context.close()
-    bob.context.close()
+
+def test_history_survives_a_reload_and_stays_text(browser: Browser, base_url: str) -> None:
+    alice = login(browser, base_url, "alice")
+    bob = login(browser, base_url, "bob")
+    open_lobby(alice)
+    open_lobby(bob)
+    marker = uuid.uuid4().hex[:8]
+    probe = f"<img src=x onerror=window.__pwned=1> {marker}"
+    chat(bob, probe)
+    chat(alice, f"answer {marker}")
+    alice.locator("#messages li", has_text=f"answer {marker}").wait_for()
+
+    # A reload shows both, once each (the page's history, then load_history over the socket).
+    for page, mine in ((alice, f"answer {marker}"), (bob, probe)):
+        with page.expect_websocket() as socket_info:
+            page.reload()
+        socket = socket_info.value
+        with socket.expect_event("framereceived", lambda p: "chat_history" in str(p)):
+            page.wait_for_selector("#status[data-state=open]")
+        items = page.locator("#messages li", has_text=marker)
+        expect(items).to_have_count(2)
+        assert items.nth(0).text_content() == f"bob: {probe}"
+        assert items.nth(1).text_content() == f"alice: answer {marker}"
+        own = page.locator("#messages li.mine", has_text=marker)
+        expect(own).to_have_count(1)
+        expect(own).to_contain_text(mine)
+        assert page.locator("#messages img").count() == 0
+        assert page.evaluate("typeof window.__pwned") == "undefined"
+    close(alice, bob)
+
+
+def test_removed_member_is_told_and_cannot_send(browser: Browser, base_url: str) -> None:
+    alice = login(browser, base_url, "alice")
+    bob = login(browser, base_url, "bob")
+    open_lobby(alice)
+    open_lobby(bob)
+    # Only the buttons each may use: bob (a member) may leave, alice (the owner) remove.
+    expect(bob.locator("#members button")).to_have_count(1)
+    expect(member(bob, "bob").locator("button.leave")).to_have_count(1)
+    expect(member(alice, "bob").locator("button.remove")).to_have_count(1)
+
+    member(alice, "bob").locator("button.remove").click()
+    expect_closed(bob, 4403, "You were removed from this room.")
+    expect(bob.locator("#add-form input")).to_be_disabled()
+    expect(bob.locator("#members button")).to_have_count(0)
+    member(alice, "bob").wait_for(state="detached")
+
+    # Reopened, the page says why the room refuses him.
+    bob.reload()
+    expect_closed(bob, 4403, "You are not allowed in this room.")
+    expect(bob.locator("#not-member")).to_have_text("You are not a member of this room.")
+
+    # Added back, he may leave by himself.
+    add_member(alice, "bob")
+    bob.reload()
+    bob.wait_for_selector("#status[data-state=open]")
+    member(bob, "bob").locator("button.leave").click()
+    expect_closed(bob, 4403, "You left this room.")
+    member(alice, "bob").wait_for(state="detached")
+    add_member(alice, "bob")  # as the demo had it
+    close(alice, bob)
+
+
+def test_every_close_code_gets_a_human_message(browser: Browser, base_url: str, lobby: str) -> None:
+    # Staff need not be members: the socket is refused, the member controls stay.
+    admin = login(browser, base_url, "admin")
+    admin.goto(lobby)
+    expect_closed(admin, 4403, "You are not allowed in this room.")
+    expect(admin.locator("#members button.remove")).to_have_count(2)
+    expect(admin.locator("#add-form input")).to_be_enabled()
+
+    messages = admin.evaluate(
+        "[4401, 4403, 4404, 4500, 1000, 1006].map((code) => closeMessage(code, 'room'))"
+    )
+    assert messages == [
+        "You are not logged in (or your session ended): log in again.",
+        "You are not allowed in this room.",
+        "There is no such room: it may have been deleted.",
+        "The server failed to open the connection: try again later.",
+        "Disconnected.",
+        "Connection lost (code 1006): reload the page to reconnect.",
+    ]
+    # 4401 comes with a link to log in again, back to this page.
+    admin.evaluate("showClosed(4401, closeMessage(4401, 'room'))")
+    link = admin.locator("#status a")
+    expect(link).to_have_text("Log in")
+    assert link.get_attribute("href") == f"/login/?next={quote(lobby, safe='')}"
+
+    # The favicon every page links (and browsers ask for anyway) is served.
+    icon = admin.evaluate(
+        """async () => {
+            const href = document.querySelector("link[rel=icon]").href;
+            const response = await fetch(href);
+            return [new URL(href).pathname, response.status, response.headers.get("content-type")];
+        }"""
+    )
+    assert icon == ["/favicon.ico", 200, "image/svg+xml"]
+    close(admin)
 
 
 def test_assistant_reply_streams_token_by_token(browser: Browser, base_url: str) -> None:
@@ -130,7 +290,7 @@ def test_assistant_reply_streams_token_by_token(browser: Browser, base_url: str)
     assert "".join(streamed) == expected
     completes = [f for f in frames if f.get("action") == "complete_streaming"]
     assert [c["payload"]["reply"]["content"] for c in completes] == [expected]
-    page.context.close()
+    close(page)
 
 
 def partial_reply(page: Page, min_chunks: int) -> str:

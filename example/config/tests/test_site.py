@@ -33,6 +33,17 @@ class PageTests(TestCase):
         self.assertContains(index, f'href="/chat/{self.room.pk}/"')
         self.assertContains(self.client.get(f"/chat/{self.room.pk}/"), 'id="messages"')
 
+    def test_favicon_is_served_and_linked(self) -> None:
+        response = self.client.get("/favicon.ico")
+        assert response.status_code == 200
+        assert response["Content-Type"] == "image/svg+xml"
+        assert response.content.startswith(b"<svg ") and b"</svg>" in response.content
+        assert "max-age=" in response["Cache-Control"]
+        self.assertContains(
+            self.client.get("/"), '<link rel="icon" href="/favicon.ico" type="image/svg+xml">'
+        )
+        assert self.client.post("/favicon.ico").status_code == 405
+
     def test_assistants_page_reopens_only_accessible_conversations(self) -> None:
         owned = Conversation.objects.create(user=self.alice, title="Owned")
         owned.messages.create(role="user", content="earlier question")
@@ -43,7 +54,47 @@ class PageTests(TestCase):
         assert self.client.get("/assistants/?conversation=not-a-uuid").status_code == 200
 
 
+# Each endpoint's @channel name, and the label its description starts with: the
+# playground, `python -m chanx routes`, the AsyncAPI document and the pages use them.
+ENDPOINTS = {
+    "/ws/assistants/": ("echo_assistant", "Echo assistant"),
+    "/ws/assistants/<pk>/": ("streaming_assistant", "Streaming assistant"),
+    "/ws/chat/<pk>/": ("chat_room", "Chat room"),
+}
+
+
 class DocumentationTests(TestCase):
+    def setUp(self) -> None:
+        alice = User.objects.create_user("alice")
+        Membership.objects.create(room=Room.objects.create(name="Lobby"), user=alice)
+
+    def test_endpoint_names_descriptions_docstrings_and_pages_agree(self) -> None:
+        routes = discover_routes()
+        assert {r.path: r.name for r in routes} == {p: n for p, (n, _) in ENDPOINTS.items()}
+        index = self.client.get("/").content.decode()
+        for route in routes:
+            name, label = ENDPOINTS[route.path]
+            description = route.consumer.__chanx_channel__["description"]
+            assert route.description == description
+            assert description.startswith(f"{label}: ") and description.endswith(".")
+            # The docstring opens with the same sentence.
+            assert (route.consumer.__doc__ or "").strip().splitlines()[0] == description
+            # The index lists the endpoint with the same label and text.
+            assert f'data-name="{name}"' in index and f">{label}</" in index
+            assert description.partition(": ")[2] in index
+            # Every handler has a summary in the same style.
+            for handler in route.consumer._chanx_meta.ws_handlers.values():
+                assert handler.spec.summary and handler.spec.summary[0].isupper(), handler
+        # The pages use the same labels.
+        self.client.force_login(User.objects.get(username="alice"))
+        room = Room.objects.get(name="Lobby")
+        self.assertContains(
+            self.client.get(f"/chat/{room.pk}/"), "<title>Lobby · Chat room</title>"
+        )
+        assistants = self.client.get("/assistants/")
+        self.assertContains(assistants, "<title>Streaming assistant</title>")
+        self.assertContains(assistants, "<h1>Streaming assistant</h1>")
+
     def test_routes_are_discovered_through_the_middleware(self) -> None:
         assert [(r.path, r.consumer) for r in discover_routes()] == [
             ("/ws/assistants/", AssistantConsumer),
@@ -84,6 +135,7 @@ class DemoCommandTests(TestCase):
         assert User.objects.get(username="admin").is_staff
         assert User.objects.get(username="alice").check_password("alice-password")
         assert Conversation.objects.filter(user__username="alice").count() == 1
+        assert lobby.owner == User.objects.get(username="alice")
         for text in [
             "http://127.0.0.1:8000/",
             f"/chat/{lobby.pk}/",
@@ -92,3 +144,6 @@ class DemoCommandTests(TestCase):
             "alice / alice-password",
         ]:
             assert text in out.getvalue(), text
+        # `python3 dev.py example` runs the command and then the server: no "run runserver".
+        assert "runserver" not in out.getvalue()
+        assert "python3 dev.py example" in out.getvalue()
