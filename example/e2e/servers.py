@@ -342,6 +342,119 @@ class RedisServer:
         self.stop()
 
 
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))  # Debian's postgresql 15
+#: Settings for throwaway benchmark clusters: no disk flushes, so a commit costs
+#: the server's work, not the shared machine's disk.
+PG_NO_SYNC = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+def postgres_available() -> bool:
+    return (PG_BIN / "initdb").exists() and (PG_BIN / "pg_ctl").exists()
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (``initdb`` + ``pg_ctl``) on a free loopback port.
+
+    The cluster lives in a temp dir the object creates (under ``parent``) and
+    removes in ``stop()``. PostgreSQL refuses to run as root, so as root the
+    cluster is owned and run by the ``postgres`` user. Trust authentication on
+    127.0.0.1 only; ``url`` is ``postgres://postgres@127.0.0.1:PORT/DATABASE``.
+    ``settings`` become ``-c name=value`` server options (e.g. ``PG_NO_SYNC``).
+
+        with PostgresServer(database="bench", settings=PG_NO_SYNC) as pg:
+            pg.url
+    """
+
+    def __init__(
+        self,
+        parent: Path | str | None = None,
+        port: int | None = None,
+        database: str = "chanx",
+        settings: Mapping[str, str] | None = None,
+        run_as: str = "postgres",
+    ) -> None:
+        self.parent = parent
+        self.port = port or free_port()
+        self.database = database
+        self.settings = dict(settings or {})
+        self.run_as = run_as if os.geteuid() == 0 else None
+        self.directory: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, *args: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        assert self.directory is not None
+        done = subprocess.run(
+            [str(PG_BIN / args[0]), *args[1:]],
+            cwd=self.directory,
+            user=self.run_as,
+            group=self.run_as,
+            extra_groups=[] if self.run_as else None,
+            env={**os.environ, "LC_ALL": "C.UTF-8", "PGTZ": "UTC"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    def start(self) -> PostgresServer:
+        import tempfile
+
+        self.directory = Path(tempfile.mkdtemp(prefix="chanx-pg-", dir=self.parent))
+        if self.run_as:
+            shutil.chown(self.directory, self.run_as, self.run_as)
+        data = self.directory / "data"
+        options = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.directory),
+            **self.settings,
+        }
+        try:
+            self._run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust",
+                      "-E", "UTF8", "--no-sync", "--no-instructions")  # fmt: skip
+            self._run(
+                "pg_ctl", "-D", str(data), "-l", str(self.directory / "server.log"),
+                "-w", "-t", str(int(START_TIMEOUT)), "start",
+                "-o", " ".join(f"-c {name}={value}" for name, value in options.items()),
+            )  # fmt: skip
+            self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                      self.database)  # fmt: skip
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def log(self) -> str:
+        path = self.directory / "server.log" if self.directory else None
+        return path.read_text(errors="replace") if path and path.exists() else ""
+
+    def stop(self) -> None:
+        if self.directory is None:
+            return
+        data = self.directory / "data"
+        if (data / "postmaster.pid").exists():
+            try:
+                self._run("pg_ctl", "-D", str(data), "-m", "fast", "-w",
+                          "-t", str(int(STOP_TIMEOUT)), "stop")  # fmt: skip
+            except (RuntimeError, subprocess.TimeoutExpired):
+                self._run("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory = None
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class ExampleServer:
     """``uvicorn config.asgi:application`` of the example, on a port it picks itself.
 
