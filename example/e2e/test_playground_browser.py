@@ -3,9 +3,10 @@
 Serves the example project with uvicorn on a free loopback port (fresh SQLite
 file, DEBUG off so only staff may open the playground), logs in as the demo
 staff user, opens /playground/websocket/ and talks to the echo assistant
-(/ws/assistants/) through the page: authentication frame, ping/pong, an invalid
-message, and a reply carrying HTML that must show as text. With
-CHANX_UPDATE_SCREENSHOT=1 it also refreshes the README's docs/playground.png.
+(/ws/assistants/) through the page: authentication frame, ping/pong, a question
+and its reply, an invalid message, and a reply carrying HTML that must show as
+text. With CHANX_UPDATE_SCREENSHOT=1 it also refreshes the README's
+docs/playground.png, taken after the question's reply (before the probes).
 
 Skipped when Playwright or /usr/bin/chromium is missing, unless
 CHANX_REQUIRE_ALL=1 (then it fails).
@@ -32,6 +33,7 @@ from e2e.servers import (
 SCREENSHOT = REPO_DIR / "docs" / "playground.png"
 UI_TIMEOUT = 15_000  # milliseconds, for every Playwright wait
 XSS = "<img src=x onerror=window.__pwned=1>"
+QUESTION = "Hello! What can you do?"
 
 require_browser(__name__)
 
@@ -126,6 +128,19 @@ def test_playground_talks_to_the_echo_assistant(page: Page, base_url: str) -> No
     expect(page.locator("#log .entry.sent").last).to_contain_text('"action": "ping"')
     expect(received.filter(has_text='"action": "pong"')).to_have_count(1)
 
+    # A real question: the new_message template, filled in, gets the echo's reply.
+    select_option_starting_with(page, "#template", "new_message")
+    expect(page.locator("#message")).to_have_value(re.compile(r'"action": "new_message"'))
+    send(page, json.dumps({"action": "new_message", "payload": {"content": QUESTION}}, indent=2))
+    reply = received.filter(has_text='"action": "reply"')
+    expect(reply).to_have_count(1)
+    expect(reply).to_contain_text(f"Reply: {QUESTION}")
+
+    # The README's screenshot shows this session: a product, not a probe.
+    if os.environ.get("CHANX_UPDATE_SCREENSHOT") == "1":
+        page.set_viewport_size({"width": 1280, "height": 860})  # the session, little blank
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+
     # An invalid message gets an error frame; the connection stays open.
     send(page, '{"action":"new_message","payload":{}}')
     expect(received.filter(has_text='"action": "error"')).to_have_count(1)
@@ -133,15 +148,11 @@ def test_playground_talks_to_the_echo_assistant(page: Page, base_url: str) -> No
 
     # HTML in a frame is shown as text, never parsed.
     send(page, json.dumps({"action": "new_message", "payload": {"content": XSS}}))
-    reply = received.filter(has_text='"action": "reply"')
-    expect(reply).to_have_count(1)
-    expect(reply).to_contain_text(XSS)
-    expect(reply).to_contain_text("<img")
+    expect(reply).to_have_count(2)
+    expect(reply.last).to_contain_text(XSS)
+    expect(reply.last).to_contain_text("<img")
     assert page.locator("#log img").count() == 0
     assert page.evaluate("typeof window.__pwned") == "undefined"
-
-    if os.environ.get("CHANX_UPDATE_SCREENSHOT") == "1":
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     # Disconnect reports the close code; Clear empties the log.
     page.click("#disconnect")
