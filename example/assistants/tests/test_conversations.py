@@ -69,7 +69,10 @@ class ConversationConsumerTests(WebsocketTestCase):
         assert await self.auth_communicator.receive_all_messages() == [PongMessage()]
 
     async def test_anonymous_conversation_is_open_without_login(self) -> None:
-        communicator = self.create_communicator(ws_path=conversation_path(self.anonymous))
+        communicator = self.create_communicator(
+            ws_path=conversation_path(self.anonymous),
+            headers=[],  # no session cookie
+        )
         await communicator.connect()
         await communicator.assert_authenticated_status_ok()
 
@@ -113,7 +116,10 @@ class ConversationConsumerTests(WebsocketTestCase):
         assert response.json()["reply"] == complete["payload"]["reply"]
 
     async def test_anonymous_conversation_streams_to_anonymous_watchers(self) -> None:
-        watcher = self.create_communicator(ws_path=conversation_path(self.anonymous))
+        watcher = self.create_communicator(
+            ws_path=conversation_path(self.anonymous),
+            headers=[],  # not logged in
+        )
         await watcher.connect()
         await watcher.assert_authenticated_status_ok()
         async_client = self.async_client_class()  # not logged in

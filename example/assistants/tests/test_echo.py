@@ -52,7 +52,7 @@ class EchoAssistantTests(WebsocketTestCase):
         assert await self.auth_communicator.receive_all_messages() == [PongMessage()]
 
     async def test_anonymous_is_refused(self) -> None:
-        communicator = self.create_communicator()  # no session cookie
+        communicator = self.create_communicator(headers=[])  # no session cookie
         await communicator.connect()
         frame = await communicator.receive_json_from()
         assert frame["action"] == "authentication"

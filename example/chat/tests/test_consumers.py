@@ -83,7 +83,7 @@ class RoomConsumerTests(WebsocketTestCase):
         assert status == 403
 
     async def test_anonymous_is_unauthorized(self) -> None:
-        status, _ = await refused_with(self.create_communicator())
+        status, _ = await refused_with(self.create_communicator(headers=[]))  # no cookie
         assert status == 401
 
     async def test_missing_room_is_not_found(self) -> None:
