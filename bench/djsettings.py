@@ -25,15 +25,53 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "rest_framework",
+    "rest_framework.authtoken",  # DRF tokens for the token-authenticated routes
     "channels",
+    "benchapp",  # the DB scenario's model
 ]
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.path.join(_TMP, f"db-{PEER}.sqlite3"),
+_DB_URL = os.environ.get("BENCH_DATABASE_URL")
+if _DB_URL:
+    from urllib.parse import urlsplit
+
+    _u = urlsplit(_DB_URL)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": _u.path.lstrip("/"),
+            "USER": _u.username or "",
+            "PASSWORD": _u.password or "",
+            "HOST": _u.hostname or "",
+            "PORT": str(_u.port or ""),
+        }
     }
-}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.path.join(_TMP, f"db-{PEER}.sqlite3"),
+        }
+    }
+DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("BENCH_CONN_MAX_AGE", "0"))
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = os.environ.get("BENCH_CONN_HEALTH_CHECKS") == "1"
+
+_LOG_FILE = os.environ.get("BENCH_LOG_FILE")
+if _LOG_FILE:
+    # The README's recommended config; chanx's formatter for chanx, an
+    # equivalent stdlib one (peers/logfmt.py) for the others.
+    _FORMATTER = "chanx.JsonFormatter" if PEER == "chanx_repo" else "peers.logfmt.JsonFormatter"
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": _FORMATTER}},
+        "handlers": {
+            "file": {"class": "logging.FileHandler", "filename": _LOG_FILE, "formatter": "json"}
+        },
+        "loggers": {
+            "chanx": {"handlers": ["file"], "level": "INFO"},
+            "bench.raw": {"handlers": ["file"], "level": "INFO"},
+        },
+    }
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 ASGI_APPLICATION = f"peers.{PEER}.application"

@@ -4,6 +4,7 @@
     python3 bench/run.py                 # full run (several minutes)
     python3 bench/run.py --quick         # tiny sizes, one repetition (smoke test, ~1 min)
     python3 bench/run.py --peers raw,chanx --reps 3 --only socket
+    python3 bench/run.py --only db,import --peers raw,chanx --out bench/results-db-import.md
 
 Standard library only. It creates bench/.venvs/{current,chanx213,dcrf}
 (pinned requirements-*.txt, re-created when those files change), then runs
@@ -11,12 +12,15 @@ every job for every peer in its own process, interleaved (job 1 for peers
 A,B,C,D, job 2 for A,B,C,D, ..., then the next repetition, with the peer
 order rotated each repetition) so background noise is shared, and reports
 the median of the repetitions as a table of values and ratios to raw
-Channels. See bench/README.md.
+Channels. The report is stamped with `git rev-parse HEAD` and the sha256 of
+the chanx.py it measured. The ``db`` job starts its own PostgreSQL
+(example/e2e/servers.py's PostgresServer). See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -35,6 +39,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 VENVS = os.path.join(BENCH, ".venvs")
 WORKER = os.path.join(BENCH, "worker.py")
+IMPORTCOST = os.path.join(BENCH, "importcost.py")
 
 # peer -> venv, module under bench/peers/, label; "chanx" also gets the repo on PYTHONPATH.
 PEERS = {
@@ -50,6 +55,7 @@ PEERS = {
 }
 CONNECT_FRAMES = {"raw": 0, "chanx": 1, "chanx213": 1, "dcrf": 0}
 CLIENT_VENV = "current"
+DB_VENV = "db"  # the db job's servers: "current" + psycopg
 
 FULL = {
     "reps": 5,
@@ -68,6 +74,10 @@ FULL = {
     "sockc_conns": 50,
     "sockc_msgs": 200,
     "sockc_warm": 20,
+    "db_conns": 10,
+    "db_msgs": 100,
+    "db_warm": 10,
+    "import_runs": 3,
 }
 QUICK = {
     "reps": 1,
@@ -86,6 +96,10 @@ QUICK = {
     "sockc_conns": 5,
     "sockc_msgs": 20,
     "sockc_warm": 2,
+    "db_conns": 3,
+    "db_msgs": 20,
+    "db_warm": 3,
+    "import_runs": 3,
 }
 # keys --scale multiplies (message and connect counts; not connection counts)
 SCALED = (
@@ -97,14 +111,35 @@ SCALED = (
     "sock1_warm",
     "sockc_msgs",
     "sockc_warm",
+    "db_msgs",
+    "db_warm",
 )
 
-JOBS = {  # job -> in-process scenarios (the "socket" job is special)
+JOBS = {  # job -> in-process scenarios ("socket", "db" and "import" are special)
     "messages": ["verify", "seq", "pipe", "nohop_seq", "nohop_pipe"],
-    "connect": ["connect"],
+    "connect": ["connect", "connect_token"],
     "fanout": ["fanout", "fanout_nohop", "chat"],
-    "memory": ["memory"],
+    "memory": ["memory", "memory_anon"],
+    "logging": ["log_verify", "log_seq", "log_nohop_seq", "log_nohop_pipe"],
     "socket": None,
+    "db": None,
+    "import": None,
+}
+# Jobs not run for every peer: the DB and logging scenarios compare chanx with
+# raw Channels only (the issue's scope); import cost is chanx's alone.
+JOB_PEERS = {"db": ("raw", "chanx"), "logging": ("raw", "chanx"), "import": ("chanx",)}
+# The DB job's variants: name -> database settings (env for djsettings.py)
+DB_VARIANTS = {
+    "db0s": {"BENCH_CONN_MAX_AGE": "0"},  # one connection: frames one at a time
+    "db0": {"BENCH_CONN_MAX_AGE": "0"},
+    "db60": {"BENCH_CONN_MAX_AGE": "60"},
+    "db60h": {"BENCH_CONN_MAX_AGE": "60", "BENCH_CONN_HEALTH_CHECKS": "1"},
+}
+DB_LABELS = {
+    "db0s": "CONN_MAX_AGE=0 (Django's default), 1 connection",
+    "db0": "CONN_MAX_AGE=0 (Django's default)",
+    "db60": "CONN_MAX_AGE=60",
+    "db60h": "CONN_MAX_AGE=60, CONN_HEALTH_CHECKS=True",
 }
 
 
@@ -160,14 +195,16 @@ def ensure_venv(name: str, base_python: str) -> str:
 CHANX_DIR = REPO  # where `import chanx` finds chanx.py; run() points it at a snapshot
 
 
-def peer_env(peer: str, tmp: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE")}
+def peer_env(peer: str, tmp: str, extra: dict | None = None) -> dict:
+    drop = ("PYTHONPATH", "DJANGO_SETTINGS_MODULE")
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("BENCH_")}
     env["DJANGO_SETTINGS_MODULE"] = "djsettings"
     env["BENCH_PEER"] = PEERS[peer]["module"] if peer in PEERS else peer
     env["BENCH_TMP"] = tmp
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     if PEERS.get(peer, {}).get("repo_path"):
         env["PYTHONPATH"] = CHANX_DIR  # `import chanx` is this repo's chanx.py
+    env.update(extra or {})
     return env
 
 
@@ -184,7 +221,14 @@ def _tail(path: str, n: int = 15) -> str:
         return ""
 
 
-def run_inproc(peer: str, scenarios: list[str], sizes: dict, tmp: str, timeout: float) -> dict:
+def run_inproc(
+    peer: str,
+    scenarios: list[str],
+    sizes: dict,
+    tmp: str,
+    timeout: float,
+    extra: dict | None = None,
+) -> dict:
     out = os.path.join(tmp, f"out-{peer}-{time.monotonic_ns()}.json")
     logf = out + ".log"
     cmd = [
@@ -204,7 +248,7 @@ def run_inproc(peer: str, scenarios: list[str], sizes: dict, tmp: str, timeout: 
         try:
             p = subprocess.run(
                 cmd,
-                env=peer_env(peer, tmp),
+                env=peer_env(peer, tmp, extra),
                 stdout=lf,
                 stderr=subprocess.STDOUT,
                 timeout=timeout,
@@ -218,85 +262,280 @@ def run_inproc(peer: str, scenarios: list[str], sizes: dict, tmp: str, timeout: 
         return json.load(f)
 
 
+class _Server:
+    """``worker.py serve`` (uvicorn) for one peer; stopped by ``stop()``."""
+
+    def __init__(
+        self,
+        peer: str,
+        tmp: str,
+        extra: dict | None = None,
+        count: bool = False,
+        venv: str | None = None,
+    ):
+        ready = os.path.join(tmp, f"ready-{peer}-{time.monotonic_ns()}")
+        self.log = ready + ".server.log"
+        with open(self.log, "wb") as lf:
+            self.process = subprocess.Popen(
+                [
+                    _venv_python(venv or PEERS[peer]["venv"]),
+                    WORKER,
+                    "serve",
+                    "--peer",
+                    PEERS[peer]["module"],
+                    "--ready-file",
+                    ready,
+                ]
+                + (["--count"] if count else []),
+                env=peer_env(peer, tmp, extra),
+                stdout=lf,
+                stderr=subprocess.STDOUT,
+                cwd=BENCH,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(ready):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise JobError(f"server did not start\n{_tail(self.log)}")
+                time.sleep(0.05)
+            with open(ready) as f:
+                self.info = json.load(f)
+        except BaseException:
+            self.stop()
+            raise
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.info['port']}{path}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _client(
+    peer: str, server: _Server, path: str, args: list[str], tmp: str, timeout: float, tag: str
+) -> dict:
+    out = os.path.join(tmp, f"client-{peer}-{tag}-{time.monotonic_ns()}.json")
+    clog = out + ".log"
+    cmd = [
+        _venv_python(CLIENT_VENV),
+        WORKER,
+        "client",
+        "--url",
+        server.url(path),
+        "--server-pid",
+        str(server.info["pid"]),
+        "--connect-frames",
+        str(CONNECT_FRAMES[peer]),
+        "--out",
+        out,
+        *args,
+    ]
+    with open(clog, "wb") as lf:
+        try:
+            p = subprocess.run(
+                cmd,
+                env=peer_env("client", tmp),
+                stdout=lf,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                cwd=BENCH,
+            )
+        except subprocess.TimeoutExpired:
+            raise JobError(f"client timed out\n{_tail(clog)}\n{_tail(server.log)}") from None
+    if p.returncode != 0 or not os.path.exists(out):
+        raise JobError(f"client exit {p.returncode}\n{_tail(clog)}\n{_tail(server.log)}")
+    with open(out) as f:
+        return json.load(f)
+
+
 def run_socket(peer: str, sizes: dict, tmp: str, timeout: float) -> dict:
-    ready = os.path.join(tmp, f"ready-{peer}-{time.monotonic_ns()}")
-    slog = ready + ".server.log"
-    with open(slog, "wb") as lf:
-        server = subprocess.Popen(
-            [
-                _venv_python(PEERS[peer]["venv"]),
-                WORKER,
-                "serve",
-                "--peer",
-                PEERS[peer]["module"],
-                "--ready-file",
-                ready,
-            ],
-            env=peer_env(peer, tmp),
-            stdout=lf,
-            stderr=subprocess.STDOUT,
-            cwd=BENCH,
-        )
+    server = _Server(peer, tmp)
     try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(ready):
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise JobError(f"server did not start\n{_tail(slog)}")
-            time.sleep(0.05)
-        with open(ready) as f:
-            info = json.load(f)
-        url = f"ws://127.0.0.1:{info['port']}/ws/echo/"
         res = {}
         for name, conns, msgs, warm in (
             ("sock1", 1, sizes["sock1_msgs"], sizes["sock1_warm"]),
             ("sockc", sizes["sockc_conns"], sizes["sockc_msgs"], sizes["sockc_warm"]),
         ):
-            out = os.path.join(tmp, f"client-{peer}-{name}-{time.monotonic_ns()}.json")
-            clog = out + ".log"
-            cmd = [
-                _venv_python(CLIENT_VENV),
-                WORKER,
-                "client",
-                "--url",
-                url,
-                "--server-pid",
-                str(info["pid"]),
-                "--conns",
-                str(conns),
-                "--msgs",
-                str(msgs),
-                "--warm",
-                str(warm),
-                "--connect-frames",
-                str(CONNECT_FRAMES[peer]),
-                "--out",
-                out,
-            ]
-            with open(clog, "wb") as lf:
-                try:
-                    p = subprocess.run(
-                        cmd,
-                        env=peer_env("client", tmp),
-                        stdout=lf,
-                        stderr=subprocess.STDOUT,
-                        timeout=timeout,
-                        cwd=BENCH,
-                    )
-                except subprocess.TimeoutExpired:
-                    raise JobError(f"client timed out\n{_tail(clog)}\n{_tail(slog)}") from None
-            if p.returncode != 0 or not os.path.exists(out):
-                raise JobError(f"client exit {p.returncode}\n{_tail(clog)}\n{_tail(slog)}")
-            with open(out) as f:
-                res[name] = json.load(f)
+            args = ["--conns", str(conns), "--msgs", str(msgs), "--warm", str(warm)]
+            res[name] = _client(peer, server, "/ws/echo/", args, tmp, timeout, name)
         return res
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        server.stop()
+
+
+def run_db(peer: str, variant: str, sizes: dict, tmp: str, timeout: float, db_url: str) -> dict:
+    """One DB variant for one peer: uvicorn on PostgreSQL, the db client, hop counting on."""
+    extra = {"BENCH_DATABASE_URL": db_url, **DB_VARIANTS[variant]}
+    server = _Server(peer, tmp, extra, count=True, venv=DB_VENV)
+    try:
+        conns = 1 if variant.endswith("s") else sizes["db_conns"]
+        args = ["--kind", "db", "--conns", str(conns), "--msgs",
+                str(sizes["db_msgs"]), "--warm", str(sizes["db_warm"])]  # fmt: skip
+        return {variant: _client(peer, server, "/ws/db/", args, tmp, timeout, variant)}
+    finally:
+        server.stop()
+
+
+def db_setup(tmp: str, db_url: str, rows: int) -> dict:
+    p = subprocess.run(
+        [_venv_python(DB_VENV), WORKER, "dbsetup", "--rows", str(rows)],
+        env=peer_env("raw", tmp, {"BENCH_DATABASE_URL": db_url}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=BENCH,
+    )
+    if p.returncode != 0:
+        raise JobError(f"dbsetup failed ({p.returncode})\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _import_env(tmp: str) -> dict:
+    env = peer_env("chanx", tmp)
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # importcost.py configures its own settings
+    return env
+
+
+def compile_snapshot() -> None:
+    """Byte-compile the chanx.py snapshot with the venvs' Python, as an install would."""
+    subprocess.run(
+        [_venv_python(CLIENT_VENV), "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)",
+         os.path.join(CHANX_DIR, "chanx.py")],
+        check=True,
+    )  # fmt: skip
+
+
+def run_import(sizes: dict, tmp: str, timeout: float, venvs: list[str]) -> dict:
+    """import_runs fresh interpreters per venv: baseline (dependencies) and `import chanx` times.
+
+    "current" is the primary figure; "db" (psycopg installed) is reported beside it.
+    """
+    return {
+        ("import" if venv == "current" else f"import_{venv}"): _import_runs(
+            sizes["import_runs"], tmp, timeout, venv
+        )
+        for venv in venvs
+    }
+
+
+def _import_runs(n: int, tmp: str, timeout: float, venv: str) -> dict:
+    runs = []
+    for _ in range(n):
+        p = subprocess.run(
+            [_venv_python(venv), IMPORTCOST],
+            env=_import_env(tmp),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=tmp,
+        )
+        if p.returncode != 0:
+            raise JobError(f"importcost.py exit {p.returncode}\n{p.stderr[-3000:]}")
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        if os.path.dirname(r["chanx_file"]) != CHANX_DIR:
+            raise JobError(f"imported {r['chanx_file']}, not the snapshot in {CHANX_DIR}")
+        runs.append(r)
+    return {
+        "baseline_ms": [r["baseline_ms"] for r in runs],
+        "chanx_ms": [r["chanx_ms"] for r in runs],
+        "ratio": [r["chanx_ms"] / r["baseline_ms"] for r in runs],
+        "modules_added": [r["modules_added"] for r in runs],
+    }
+
+
+def _importtime_tree(stderr: str) -> list[tuple[int, int, int, str]]:
+    """(self_us, cumulative_us, depth, module) of the -X importtime lines after the marker."""
+    lines = stderr.split("--- import chanx ---", 1)[-1].splitlines()
+    out = []
+    for line in lines:
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, cum_us, name = line[len("import time:") :].split("|", 2)
+        depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
+        out.append((int(self_us), int(cum_us), depth, name.strip()))
+    return out
+
+
+def import_breakdown(tmp: str, runs: int = 5, top: int = 25, venv: str = "current") -> str:
+    """The -X importtime tree of `import chanx` (median over runs) and a cProfile of it."""
+    trees = []
+    for _ in range(runs):
+        p = subprocess.run(
+            [_venv_python(venv), "-X", "importtime", IMPORTCOST],
+            env=_import_env(tmp),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp,
+        )
+        if p.returncode != 0:
+            raise JobError(f"importcost.py -X importtime exit {p.returncode}\n{p.stderr[-3000:]}")
+        trees.append(_importtime_tree(p.stderr))
+    # module -> median self / cumulative over the runs (the same modules load every time)
+    by_mod: dict[str, dict] = {}
+    for tree in trees:
+        for self_us, cum_us, depth, name in tree:
+            d = by_mod.setdefault(name, {"self": [], "cum": [], "depth": depth})
+            d["self"].append(self_us)
+            d["cum"].append(cum_us)
+    med = {
+        m: (statistics.median(d["self"]), statistics.median(d["cum"]), d["depth"])
+        for m, d in by_mod.items()
+    }
+    total = med.get("chanx", (0, 0, 0))[1]
+    groups: dict[str, float] = {}
+    for m, (self_us, _cum, _depth) in med.items():
+        key = m if m == "chanx" else ".".join(m.split(".")[:2])
+        groups[key] = groups.get(key, 0) + self_us
+    L = [
+        f"# `import chanx`: where the time goes (venv `{venv}`)",
+        "",
+        f"`python -X importtime bench/importcost.py`, {runs} fresh runs, median per module; only",
+        "modules first imported by `import chanx` (the baseline's are already loaded).",
+        f"Total `import chanx` (cumulative of the chanx line): {total / 1e3:.1f} ms; chanx.py's own",
+        f"module body (self time of `chanx`, i.e. building its classes and pydantic models): "
+        f"{med.get('chanx', (0, 0, 0))[0] / 1e3:.1f} ms.",
+        "",
+        "## Self time grouped by package (first two name components)",
+        "",
+        "| package | self ms | share |",
+        "|---|---|---|",
+    ]
+    for key, us in sorted(groups.items(), key=lambda kv: -kv[1])[:top]:
+        L.append(
+            f"| `{key}` | {us / 1e3:.1f} | {us / total:.0%} |"
+            if total
+            else f"| `{key}` | {us / 1e3:.1f} | |"
+        )
+    L += [
+        "",
+        "## Direct imports of chanx, by cumulative time",
+        "",
+        "| module | cumulative ms |",
+        "|---|---|",
+    ]
+    for m, (_s, cum, depth) in sorted(med.items(), key=lambda kv: -kv[1][1]):
+        if depth == 1:
+            L.append(f"| `{m}` | {cum / 1e3:.1f} |")
+    if venv != "current":
+        return "\n".join(L) + "\n"
+    p = subprocess.run(
+        [_venv_python(venv), IMPORTCOST, "--profile", str(top + 15)],
+        env=_import_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp,
+    )
+    L += ["", "## cProfile of `import chanx` (one run; cProfile inflates, read it for shares)", "",
+          "```", p.stdout.strip() if p.returncode == 0 else p.stderr[-3000:], "```", ""]  # fmt: skip
+    return "\n".join(L)
 
 
 # ------------------------------------------------------------------ reporting
@@ -310,14 +549,43 @@ ROWS = [
     ("nohop_seq.cpu_us_per_msg", "↳ same, CPU time", "µs/msg", 1, False),
     ("nohop_pipe.us_per_msg", "echo, no DB hop, pipelined {pipe_batch}", "µs/msg", 1, False),
     ("nohop_pipe.cpu_us_per_msg", "↳ same, CPU time", "µs/msg", 1, False),
-    ("connect.us_per_connect", "connect (+ auth where the peer has it)", "µs", 1, False),
+    ("connect_token.us_per_connect", "connect + DRF token auth", "µs", 1, False),
+    ("connect_token.cpu_us_per_connect", "↳ same, CPU time", "µs", 1, False),
+    ("connect.us_per_connect", "connect, anonymous (raw: bare accept)", "µs", 1, False),
     ("connect.cpu_us_per_connect", "↳ same, CPU time", "µs", 1, False),
     ("fanout.ms", "fan-out to {fanout_conns} conns", "ms", 1, False),
     ("fanout.cpu_ms", "↳ same, CPU time", "ms", 1, False),
     ("fanout_nohop.ms", "fan-out to {fanout_conns}, no DB hop", "ms", 1, False),
     ("chat.ms", "chat relay: 1 client frame to {fanout_conns} conns", "ms", 1, False),
-    ("memory.traced_bytes_per_conn", "memory / idle conn (tracemalloc)", "KiB", 1 / 1024, False),
-    ("memory.rss_bytes_per_conn", "memory / idle conn (RSS delta, noisy)", "KiB", 1 / 1024, False),
+    (
+        "memory.traced_bytes_per_conn",
+        "memory / idle token-authenticated conn (tracemalloc)",
+        "KiB",
+        1 / 1024,
+        False,
+    ),
+    ("memory.rss_bytes_per_conn", "↳ same, RSS delta (noisy)", "KiB", 1 / 1024, False),
+    (
+        "memory_anon.traced_bytes_per_conn",
+        "memory / idle anonymous conn (tracemalloc)",
+        "KiB",
+        1 / 1024,
+        False,
+    ),
+    ("In-process, logging on: INFO through JsonFormatter to a file", None),
+    ("log_verify.records_per_msg", "log records per echo frame", "records", 1, False),
+    (
+        "log_seq.us_per_msg",
+        "echo, sequential (with the DB hop where the peer has it)",
+        "µs/msg",
+        1,
+        False,
+    ),
+    ("log_seq.cpu_us_per_msg", "↳ same, CPU time", "µs/msg", 1, False),
+    ("log_nohop_seq.us_per_msg", "echo, no DB hop, sequential", "µs/msg", 1, False),
+    ("log_nohop_seq.cpu_us_per_msg", "↳ same, CPU time", "µs/msg", 1, False),
+    ("log_nohop_pipe.us_per_msg", "echo, no DB hop, pipelined {pipe_batch}", "µs/msg", 1, False),
+    ("log_nohop_pipe.cpu_us_per_msg", "↳ same, CPU time", "µs/msg", 1, False),
     ("uvicorn + websockets client, 1 connection, sequential", None),
     ("sock1.msgs_per_s", "throughput", "msg/s", 1, True),
     ("sock1.p50_us", "latency p50", "µs", 1, False),
@@ -329,6 +597,22 @@ ROWS = [
     ("sockc.p99_us", "latency p99", "µs", 1, False),
     ("sockc.server_cpu_us_per_msg", "server CPU", "µs/msg", 1, False),
 ]
+for _v, _label in DB_LABELS.items():
+    ROWS += [
+        (
+            "PostgreSQL, uvicorn, "
+            + ("1 conn" if _v.endswith("s") else "{db_conns} conns")
+            + " × {db_msgs} frames, 1 row read + written "
+            f"per frame: {_label.split(', 1 connection')[0]}",
+            None,
+        ),
+        (f"{_v}.msgs_per_s", "throughput", "msg/s", 1, True),
+        (f"{_v}.p50_us", "latency p50", "µs", 1, False),
+        (f"{_v}.p99_us", "latency p99", "µs", 1, False),
+        (f"{_v}.server_cpu_us_per_msg", "server CPU (uvicorn process)", "µs/msg", 1, False),
+        (f"{_v}.hops_per_msg", "thread hops (sync_to_async calls)", "/frame", 1, False),
+        (f"{_v}.db_connects_per_msg", "new DB connections", "/frame", 1, False),
+    ]
 
 # (label, metric, numerator peer, denominator peer, denominator metric, op, threshold)
 TARGETS = [
@@ -375,25 +659,51 @@ TARGETS = [
     ),
     ("↳ same, CPU time", "nohop_pipe.cpu_us_per_msg", "raw", None, "<=", 1.15),
     (
-        "connect + DRF auth vs bare Channels connect",
+        "connect + DRF token auth vs raw Channels' token lookup in connect()",
+        "connect_token.us_per_connect",
+        "raw",
+        None,
+        "<=",
+        1.5,
+    ),
+    ("↳ same, CPU time", "connect_token.cpu_us_per_connect", "raw", None, "<=", 1.5),
+    (
+        "connect, DRF default classes + AllowAny (anonymous) vs bare Channels connect",
         "connect.us_per_connect",
         "raw",
         None,
         "<=",
         1.5,
     ),
-    ("↳ same, CPU time", "connect.cpu_us_per_connect", "raw", None, "<=", 1.5),
     ("fan-out to {fanout_conns} vs raw group_send", "fanout.ms", "raw", None, "<=", 1.1),
     ("↳ same, CPU time", "fanout.cpu_ms", "raw", None, "<=", 1.1),
     (
-        "memory per idle authenticated conn vs raw",
+        "memory per idle token-authenticated conn vs raw",
         "memory.traced_bytes_per_conn",
         "raw",
         None,
         "<=",
         1.1,
     ),
+    (
+        "logging on, no DB hop, sequential vs raw with the same log records",
+        "log_nohop_seq.us_per_msg",
+        "raw",
+        None,
+        "<=",
+        1.15,
+    ),
+    ("↳ same, CPU time", "log_nohop_seq.cpu_us_per_msg", "raw", None, "<=", 1.15),
+    *(
+        (f"PostgreSQL, {_label}: throughput vs raw", f"{_v}.msgs_per_s", "raw", None, ">=", 1.0)
+        for _v, _label in DB_LABELS.items()
+    ),
+    *(
+        (f"PostgreSQL, {_label}: p99 vs raw", f"{_v}.p99_us", "raw", None, "<=", 1.0)
+        for _v, _label in DB_LABELS.items()
+    ),
 ]
+IMPORT_TARGET = 0.08  # `import chanx` at most 8% over its dependencies' own import time
 
 
 def _fmt(v: float) -> str:
@@ -414,12 +724,31 @@ def median_of(data: dict, peer: str, metric: str):
     return statistics.median(vals) if vals else None
 
 
+def _sections(peers: list[str], data: dict):
+    """ROWS grouped under their headings, keeping only rows some peer measured."""
+    out, current = [], None
+    for row in ROWS:
+        if row[1] is None:
+            current = (row[0], [])
+            out.append(current)
+        elif current is not None and any(data.get(p, {}).get(row[0]) for p in peers):
+            current[1].append(row)
+    return [(h, rows) for h, rows in out if rows]
+
+
 def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: list[str]) -> str:
     L: list[str] = []
     L.append(f"# chanx benchmark results ({meta['mode']})\n")
+    L.append(f"- command: `{meta['command']}`")
     L.append(f"- date: {meta['date']}")
+    if "chanx_sha256" in meta:
+        L.append(
+            f"- measured: `chanx.py` sha256 `{meta['chanx_sha256']}` ({meta['chanx_lines']} lines), "
+            f"{meta['chanx_provenance']}"
+        )
+    L.append(f"- repository HEAD: `{meta['git_head']}`")
     L.append(
-        f"- machine: {meta['nproc']} CPUs (`nproc`), {meta['cpu']}, load avg at start / end "
+        f"- machine: {meta['nproc']} CPUs (`nproc`), {meta['cpu']}, load avg (1/5/15 min) at start / end "
         f"{meta['load_start']} / {meta['load_end']} (shared machine)"
     )
     v = meta["versions"].get("current", {})
@@ -428,48 +757,77 @@ def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: 
         f"DRF {v.get('djangorestframework')}, pydantic {v.get('pydantic')}; "
         f"uvicorn {v.get('uvicorn')} (uvloop {v.get('uvloop')}, httptools, websockets-sansio), "
         f"websockets {v.get('websockets')} client"
-    )
-    L.append(
-        "- peers: "
-        + "; ".join(
-            f"{PEERS[p]['label']}"
-            + (
-                f" = `chanx.py` sha256 {meta['chanx_sha']}, {meta['chanx_lines']} lines"
-                if p == "chanx"
-                else ""
-            )
-            for p in peers
+        + (
+            f"; psycopg {meta['versions'][DB_VENV].get('psycopg')} (db job only)"
+            if DB_VENV in meta["versions"]
+            else ""
         )
     )
+    if meta.get("postgres"):
+        L.append(f"- PostgreSQL: {meta['postgres']}")
+    L.append("- peers: " + "; ".join(PEERS[p]["label"] for p in peers))
     L.append(
         f"- {sizes['reps']} repetition(s), median shown; jobs interleaved across peers, "
-        f"peer order rotated each repetition; run time {meta['elapsed']:.0f}s"
+        f"peer order rotated each repetition; jobs: {', '.join(meta['jobs'])}; "
+        f"run time {meta['elapsed']:.0f}s"
     )
     L.append(f"- sizes: {json.dumps({k: v for k, v in sizes.items() if k != 'reps'})}")
     L.append("")
-    L.append(
-        "Each cell: median value, and in parentheses the ratio to raw Channels "
-        "(peer / raw; for msg/s higher is better, for everything else lower is better).\n"
-    )
-    L.append("| metric | unit | " + " | ".join(PEERS[p]["label"] for p in peers) + " |")
-    L.append("|---|---|" + "---|" * len(peers))
-    for row in ROWS:
-        if row[1] is None:
-            L.append(f"| **{row[0].format(**sizes)}** | |" + " |" * len(peers))
-            continue
-        metric, label, unit, scale, _hib = row
-        base = median_of(data, "raw", metric)
-        cells = []
-        for p in peers:
-            m = median_of(data, p, metric)
-            if m is None:
-                cells.append("—")
-            elif p == "raw" or not base:
-                cells.append(_fmt(m * scale))
-            else:
-                cells.append(f"{_fmt(m * scale)} ({m / base:.2f}×)")
-        L.append(f"| {label.format(**sizes)} | {unit} | " + " | ".join(cells) + " |")
-    L.append("")
+    sections = _sections(peers, data)
+    if sections:
+        L.append(
+            "Each cell: median value, and in parentheses the ratio to raw Channels "
+            "(peer / raw; for msg/s higher is better, for everything else lower is better). "
+            "bench/README.md says what each row measures.\n"
+        )
+        L.append("| metric | unit | " + " | ".join(PEERS[p]["label"] for p in peers) + " |")
+        L.append("|---|---|" + "---|" * len(peers))
+    for heading, rows in sections:
+        L.append(f"| **{heading.format(**sizes)}** | |" + " |" * len(peers))
+        for metric, label, unit, scale, _hib in rows:
+            base = median_of(data, "raw", metric)
+            cells = []
+            for p in peers:
+                m = median_of(data, p, metric)
+                if m is None:
+                    cells.append("—")
+                elif p == "raw" or not base:
+                    cells.append(_fmt(m * scale))
+                else:
+                    cells.append(f"{_fmt(m * scale)} ({m / base:.2f}×)")
+            L.append(f"| {label.format(**sizes)} | {unit} | " + " | ".join(cells) + " |")
+    if sections:
+        L.append("")
+    imp = data.get("chanx", {})
+    if imp.get("import.ratio"):
+        L.append("## Import cost (`bench/importcost.py`, a fresh interpreter per run)\n")
+        L.append(
+            "| venv | dependencies (baseline) | `import chanx` on top | ratio (median of per-run ratios) | min–max ratio | runs | modules added |"
+        )
+        L.append("|---|---|---|---|---|---|---|")
+        for key, label in (
+            ("import", "current (no psycopg)"),
+            (f"import_{DB_VENV}", "db (psycopg installed)"),
+        ):
+            if not imp.get(f"{key}.ratio"):
+                continue
+            ratios = imp[f"{key}.ratio"]
+            L.append(
+                f"| {label} | {statistics.median(imp[f'{key}.baseline_ms']):.1f} ms | "
+                f"{statistics.median(imp[f'{key}.chanx_ms']):.1f} ms | "
+                f"{statistics.median(ratios):.1%} | {min(ratios):.1%}–{max(ratios):.1%} | "
+                f"{len(ratios)} | {statistics.median(imp[f'{key}.modules_added']):.0f} |"
+            )
+        r = statistics.median(imp["import.ratio"])
+        L.append(
+            f"\nTarget (current venv): at most {IMPORT_TARGET:.0%} over the dependencies: "
+            f"**{'PASS' if r <= IMPORT_TARGET else 'MISS'}** ({r:.1%}). "
+            + (
+                f"Where the time goes: [{meta['importtime_file']}]({meta['importtime_file']}).\n"
+                if meta.get("importtime_file")
+                else "\n"
+            )
+        )
     if "chanx" in peers:
         L.append("## Targets (chanx = this repo's chanx.py)\n")
         L.append("| target | measured ratio (median) | per-repetition range | goal | result |")
@@ -478,8 +836,7 @@ def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: 
             num = median_of(data, "chanx", metric)
             d = median_of(data, den, metric)
             if num is None or not d:
-                L.append(f"| {label.format(**sizes)} | — | — | {op} {thr}× | not measured |")
-                continue
+                continue  # not measured in this run
             r = num / d
             ok = r >= thr if op == ">=" else r <= thr
             a_vals, b_vals = data["chanx"].get(metric, []), data[den].get(metric, [])
@@ -492,23 +849,52 @@ def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: 
             L.append(
                 f"| {label.format(**sizes)} | {r:.2f}× | {rng} | {op} {thr}× | {'PASS' if ok else 'MISS'} |"
             )
-        L.append("")
-    L.append(
-        "Thread hops (`sync_to_async` calls) per echo message on the default / no-hop "
-        "route, and per connect: "
-        + "; ".join(
-            f"{PEERS[p]['label']} "
-            + " / ".join(
-                _fmt(x) if x is not None else "—"
-                for x in (
-                    median_of(data, p, "verify.hops_per_msg_echo"),
-                    median_of(data, p, "verify.hops_per_msg_echo_nohop"),
-                    median_of(data, p, "verify.hops_per_connect"),
-                )
+        if imp.get("import.ratio"):
+            r = statistics.median(imp["import.ratio"])
+            L.append(
+                f"| `import chanx` over its dependencies | {r:.1%} | "
+                f"{min(imp['import.ratio']):.1%}–{max(imp['import.ratio']):.1%} (per run) | "
+                f"<= {IMPORT_TARGET:.0%} | {'PASS' if r <= IMPORT_TARGET else 'MISS'} |"
             )
-            for p in peers
+        L.append("")
+    if any(data.get(p, {}).get("verify.hops_per_msg_echo") for p in peers):
+        L.append(
+            "Thread hops (`sync_to_async` calls) per echo message on the default / no-hop "
+            "route, and per connect anonymous / with a DRF token: "
+            + "; ".join(
+                f"{PEERS[p]['label']} "
+                + " / ".join(
+                    _fmt(x) if x is not None else "—"
+                    for x in (
+                        median_of(data, p, "verify.hops_per_msg_echo"),
+                        median_of(data, p, "verify.hops_per_msg_echo_nohop"),
+                        median_of(data, p, "verify.hops_per_connect"),
+                        median_of(data, p, "verify.hops_per_connect_token"),
+                    )
+                )
+                for p in peers
+            )
         )
-    )
+    info = meta.get("info", {})
+    keys = {p: info.get(p, {}).get("log_verify.record_keys") for p in peers}
+    if any(keys.values()):
+        L.append("")
+        L.append(
+            "Fields of the last log record of an echo (logging job): "
+            + "; ".join(f"{PEERS[p]['label']}: {k}" for p, k in keys.items() if k)
+        )
+    tracked = [median_of(data, "chanx", f"{v}.chanx_tracked_connections_end") for v in DB_VARIANTS]
+    if any(t is not None for t in tracked):
+        L.append("")
+        L.append(
+            "chanx.py's `_DB_CONNECTIONS` entries at the end of each DB run "
+            "(one server process per run): "
+            + ", ".join(
+                f"{DB_LABELS[v]}: {_fmt(t)}"
+                for v, t in zip(DB_VARIANTS, tracked, strict=True)
+                if t is not None
+            )
+        )
     if errors:
         L.append("\n## Errors\n")
         for e in errors:
@@ -555,6 +941,75 @@ def _load() -> str:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         return "?"
+
+
+def default_out(quick: bool) -> str:
+    if quick:
+        return os.path.join(BENCH, "out", "quick-results.md")
+    return os.path.join(BENCH, "results.md")
+
+
+def _git(*args: str) -> str:
+    try:
+        p = subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return p.stdout.strip() if p.returncode == 0 else ""
+
+
+def chanx_stamp(src: bytes) -> dict:
+    """sha256 of the measured chanx.py and which commit has exactly that file."""
+    stamp = {
+        "chanx_sha256": hashlib.sha256(src).hexdigest(),
+        "chanx_sha": hashlib.sha256(src).hexdigest()[:12],
+        "chanx_lines": src.count(b"\n"),
+    }
+    blob = hashlib.sha1(b"blob %d\0" % len(src) + src).hexdigest()  # git hash-object
+    head_blob = _git("rev-parse", "HEAD:chanx.py")
+    if blob == head_blob:
+        commit = _git("log", "-1", "--format=%H", "--", "chanx.py")
+        stamp["chanx_commit"] = commit
+        stamp["chanx_provenance"] = f"= chanx.py at HEAD, last changed in commit `{commit}`"
+    else:
+        stamp["chanx_commit"] = None
+        stamp["chanx_provenance"] = (
+            "**uncommitted**: differs from HEAD's chanx.py (git blob "
+            f"{blob[:12]} vs {head_blob[:12] or 'none'}); rerun on a committed chanx.py "
+            "before quoting these figures"
+        )
+    return stamp
+
+
+def _stamp_lines(meta: dict) -> str:
+    lines = [f"- command: `{meta['command']}`", f"- date: {meta['date']}"]
+    if "chanx_sha256" in meta:
+        lines.append(
+            f"- measured: `chanx.py` sha256 `{meta['chanx_sha256']}`, {meta['chanx_provenance']}"
+        )
+    lines.append(f"- repository HEAD: `{meta['git_head']}`")
+    lines.append(f"- load avg at start: {meta['load_start']}")
+    return "\n".join(lines) + "\n"
+
+
+def start_postgres(meta: dict, sizes: dict):
+    """A PostgreSQL of our own for the db job (stopped by the caller), migrated, with rows."""
+    sys.path.insert(0, os.path.join(REPO, "example"))
+    from e2e.servers import PG_NO_SYNC, PostgresServer, postgres_available
+
+    if not postgres_available():
+        raise SystemExit("the db job needs PostgreSQL's initdb/pg_ctl (apt-get install postgresql)")
+    pg = PostgresServer(database="bench", settings=PG_NO_SYNC).start()
+    try:
+        setup = db_setup(tempfile.gettempdir(), pg.url, max(100, sizes["db_conns"]))
+    except BaseException:
+        pg.stop()
+        raise
+    meta["postgres"] = (
+        f"server {setup['server_version']} started by the run (initdb in a temp dir, "
+        f"127.0.0.1), {', '.join(f'{k}={v}' for k, v in PG_NO_SYNC.items())}; "
+        f"{setup['rows']} rows"
+    )
+    return pg, pg.url
 
 
 def main() -> int:
@@ -613,9 +1068,12 @@ def main() -> int:
 
     t_start = time.monotonic()
     meta = machine_meta()
+    meta["command"] = " ".join(["python3", "bench/run.py", *sys.argv[1:]])
+    meta["jobs"] = jobs
     meta["load_start"] = _load()
     meta["mode"] = "quick smoke run" if a.quick else "full run"
     meta["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    meta["git_head"] = _git("rev-parse", "HEAD") or "unknown (not a git checkout)"
     meta["versions"] = {}
     for venv in sorted({PEERS[p]["venv"] for p in peers} | {CLIENT_VENV}):
         py = ensure_venv(venv, a.python)
@@ -625,10 +1083,22 @@ def main() -> int:
     if "chanx" in peers:
         with open(os.path.join(REPO, "chanx.py"), "rb") as f:
             src = f.read()
-        meta["chanx_sha"] = hashlib.sha256(src).hexdigest()[:12]
-        meta["chanx_lines"] = src.count(b"\n")
+        meta.update(chanx_stamp(src))
 
+    import_venvs = ["current"]
+    if "db" in jobs or "import" in jobs:
+        meta["versions"][DB_VENV] = json.loads(
+            subprocess.run(
+                [ensure_venv(DB_VENV, a.python), WORKER, "info"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        import_venvs.append(DB_VENV)
     data: dict = {p: {} for p in peers}
+    info: dict = {p: {} for p in peers}
+    meta["info"] = info
     timeout = 180 if a.quick else 1200
     tmp = tempfile.mkdtemp(prefix="chanx-bench-")
     global CHANX_DIR
@@ -638,44 +1108,79 @@ def main() -> int:
         os.makedirs(CHANX_DIR)
         with open(os.path.join(CHANX_DIR, "chanx.py"), "wb") as f:
             f.write(src)
+        compile_snapshot()
+    units = [(job, v) for job in jobs for v in (DB_VARIANTS if job == "db" else [None])]
+    pg = None
+    db_url = ""
     try:
+        if "db" in jobs:
+            pg, db_url = start_postgres(meta, sizes)
         for rep in range(sizes["reps"]):
             order = peers[rep % len(peers) :] + peers[: rep % len(peers)]
-            for job in jobs:
+            for job, variant in units:
                 for peer in order:
+                    if job in JOB_PEERS and peer not in JOB_PEERS[job]:
+                        continue
+                    name = variant or job
                     t0 = time.monotonic()
                     try:
                         if job == "socket":
                             res = run_socket(peer, sizes, tmp, timeout)
+                        elif job == "db":
+                            res = run_db(peer, variant, sizes, tmp, timeout, db_url)
+                        elif job == "import":
+                            res = run_import(sizes, tmp, timeout, import_venvs)
+                        elif job == "logging":
+                            log_file = os.path.join(tmp, f"log-{peer}-{rep}.jsonl")
+                            res = run_inproc(
+                                peer, JOBS[job], sizes, tmp, timeout, {"BENCH_LOG_FILE": log_file}
+                            )
+                            with contextlib.suppress(OSError):
+                                os.remove(log_file)
                         else:
                             res = run_inproc(peer, JOBS[job], sizes, tmp, timeout)
                     except JobError as e:
-                        msg = f"rep {rep + 1} job {job} peer {peer}: {e}"
+                        msg = f"rep {rep + 1} job {name} peer {peer}: {e}"
                         errors.append(msg)
                         log(
-                            f"[rep {rep + 1}/{sizes['reps']}] {job:<11} {peer:<8} ERROR (see report)"
+                            f"[rep {rep + 1}/{sizes['reps']}] {name:<11} {peer:<8} ERROR (see report)"
                         )
                         continue
                     for scen, vals in res.items():
                         for k, v in vals.items():
-                            if isinstance(v, (int, float)):
+                            if isinstance(v, list):
+                                data[peer].setdefault(f"{scen}.{k}", []).extend(v)
+                            elif isinstance(v, (int, float)):
                                 data[peer].setdefault(f"{scen}.{k}", []).append(v)
+                            elif isinstance(v, str):
+                                info[peer][f"{scen}.{k}"] = v
                     log(
-                        f"[rep {rep + 1}/{sizes['reps']}] {job:<11} {peer:<8} "
+                        f"[rep {rep + 1}/{sizes['reps']}] {name:<11} {peer:<8} "
                         f"{time.monotonic() - t0:5.1f}s"
                     )
+        if "import" in jobs and "chanx" in peers and data["chanx"].get("import.ratio"):
+            out_stem = os.path.splitext(a.out or default_out(a.quick))[0]
+            breakdown = out_stem + "-importtime.md"
+            try:
+                text = "\n".join(
+                    import_breakdown(tmp, runs=3 if a.quick else 5, venv=v) for v in import_venvs
+                )
+            except JobError as e:
+                errors.append(f"import breakdown: {e}")
+            else:
+                os.makedirs(os.path.dirname(breakdown), exist_ok=True)
+                with open(breakdown, "w") as f:
+                    f.write(_stamp_lines(meta) + "\n" + text)
+                meta["importtime_file"] = os.path.basename(breakdown)
     finally:
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     meta["load_end"] = _load()
     meta["elapsed"] = time.monotonic() - t_start
 
     report = build_report(data, peers, sizes, meta, errors)
-    default_out = (
-        os.path.join(BENCH, "out", "quick-results.md")
-        if a.quick
-        else os.path.join(BENCH, "results.md")
-    )
-    out = a.out or default_out
+    out = a.out or default_out(a.quick)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         f.write(report)

@@ -50,6 +50,47 @@ def setup_peer(peer: str):
     return importlib.import_module(f"peers.{peer}")
 
 
+def ensure_tokens(n: int) -> list[tuple]:
+    """Migrate this peer's database and return n users' DRF token headers.
+
+    One user and one token per header (created once per run: the SQLite file
+    lives in the run's temp dir).
+    """
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from rest_framework.authtoken.models import Token
+
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    User = get_user_model()
+    have = User.objects.filter(username__startswith="bench-").count()
+    if have < n:
+        users = User.objects.bulk_create(
+            [User(username=f"bench-{i}", password="!") for i in range(have, n)]
+        )
+        users = list(User.objects.filter(username__in=[u.username for u in users]))
+        Token.objects.bulk_create([Token(key=Token.generate_key(), user=u) for u in users])
+    keys = list(
+        Token.objects.filter(user__username__startswith="bench-")
+        .order_by("user__username")
+        .values_list("key", flat=True)[:n]
+    )
+    return [((b"authorization", f"Token {key}".encode()),) for key in keys]
+
+
+def db_setup(rows: int) -> dict:
+    """The DB job's schema and rows 1..rows (run once per run, on PostgreSQL)."""
+    from benchapp.models import Row
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    have = Row.objects.count()
+    if have < rows:
+        Row.objects.bulk_create([Row(text="bench") for _ in range(rows - have)])
+    return {"rows": Row.objects.count(), "vendor": connection.vendor,
+            "server_version": connection.pg_version if connection.vendor == "postgresql" else None}  # fmt: skip
+
+
 def versions() -> dict:
     from importlib import metadata
 
@@ -65,6 +106,7 @@ def versions() -> dict:
         "uvloop",
         "httptools",
         "psutil",
+        "psycopg",
         "chanx",
         "djangochannelsrestframework",
     ):
@@ -79,7 +121,7 @@ class Conn:
 
     __slots__ = ("inq", "outq", "sink", "task")
 
-    def __init__(self, app, path: str):
+    def __init__(self, app, path: str, headers: tuple = ()):
         self.inq: asyncio.Queue = asyncio.Queue()
         self.outq: asyncio.Queue = asyncio.Queue()
         self.sink = None
@@ -94,7 +136,11 @@ class Conn:
             "path": path,
             "raw_path": path.encode(),
             "query_string": b"",
-            "headers": [(b"host", b"127.0.0.1:8000"), (b"origin", b"http://127.0.0.1:8000")],
+            "headers": [
+                (b"host", b"127.0.0.1:8000"),
+                (b"origin", b"http://127.0.0.1:8000"),
+                *headers,
+            ],
             "subprotocols": [],
             "state": {},
         }
@@ -170,6 +216,15 @@ async def verify(peer, app) -> dict:
         calls[0] = 0
         await c.connect(peer.CONNECT_FRAMES)
         out["hops_per_connect"] = calls[0]
+        await c.close()
+        (headers,) = await asyncio.to_thread(_tokens, 1)
+        c = Conn(app, "/ws/auth/", headers)
+        calls[0] = 0
+        await c.connect(peer.CONNECT_FRAMES)
+        out["hops_per_connect_token"] = calls[0]
+        got = json.loads(await _echo_once(c))
+        if got != peer.expected_reply(TEXT):
+            raise BenchError(f"ws/auth/ echo reply {got!r} != {peer.expected_reply(TEXT)!r}")
         await c.close()
     finally:
         SyncToAsync.__call__ = real
@@ -248,12 +303,23 @@ async def pipe(peer, app, route: str, batch: int, batches: int) -> dict:
     }
 
 
-async def connect(peer, app, n: int, warm: int) -> dict:
+def _tokens(n: int) -> list[tuple]:
+    from django.db import close_old_connections
+
+    try:
+        return ensure_tokens(n)
+    finally:
+        close_old_connections()
+
+
+async def connect(peer, app, n: int, warm: int, token: bool = False) -> dict:
+    """Mean time of n sequential connects on ws/connect/ (or ws/auth/ with a DRF token)."""
     frames = peer.CONNECT_FRAMES
     times = []
     cpus = 0
+    pool = await asyncio.to_thread(_tokens, min(100, warm + n)) if token else [()]
     for i in range(warm + n):
-        c = Conn(app, "/ws/connect/")
+        c = Conn(app, "/ws/auth/", pool[i % len(pool)]) if token else Conn(app, "/ws/connect/")
         c0, t0 = cpu(), perf()
         await c.connect(frames)
         dt, dc = perf() - t0, cpu() - c0
@@ -339,18 +405,24 @@ async def fanout(peer, app, nconns: int, rounds: int, warm: int, kind: str) -> d
     }
 
 
-async def memory(peer, app, nconns: int) -> dict:
-    """Bytes per idle connection that went through the peer's connect (auth included)."""
+async def memory(peer, app, nconns: int, token: bool = True) -> dict:
+    """Bytes per idle connection that went through the peer's connect (auth included).
+
+    token: ws/auth/, each connection with its own user's DRF token;
+    otherwise ws/echo/ as an anonymous user.
+    """
     import tracemalloc
 
     import psutil
 
     proc = psutil.Process()
+    route = "/ws/auth/" if token else "/ws/echo/"
+    pool = await asyncio.to_thread(_tokens, nconns) if token else [()] * nconns
 
     async def open_n(n):
         conns = []
-        for _ in range(n):
-            c = Conn(app, "/ws/echo/")
+        for i in range(n):
+            c = Conn(app, route, pool[i])
             await c.connect(peer.CONNECT_FRAMES)
             conns.append(c)
         for _ in range(5):
@@ -359,7 +431,7 @@ async def memory(peer, app, nconns: int) -> dict:
 
     await close_all(await open_n(min(50, nconns)))  # warm caches, lazy imports
     gc.collect()
-    driver = await _driver_bytes(nconns)
+    driver = await _driver_bytes(nconns, pool)
     # pass 1: RSS (no tracemalloc overhead in the process)
     rss0 = proc.memory_info().rss
     conns = await open_n(nconns)
@@ -384,7 +456,7 @@ async def memory(peer, app, nconns: int) -> dict:
     }
 
 
-async def _driver_bytes(nconns: int) -> int:
+async def _driver_bytes(nconns: int, pool: list) -> int:
     """Traced bytes the driver itself holds for nconns idle connections (a null app)."""
     import tracemalloc
 
@@ -397,8 +469,8 @@ async def _driver_bytes(nconns: int) -> int:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     conns = []
-    for _ in range(nconns):
-        c = Conn(null_app, "/ws/echo/")
+    for i in range(nconns):
+        c = Conn(null_app, "/ws/echo/", pool[i])
         await c.connect(0)
         conns.append(c)
     gc.collect()
@@ -406,6 +478,33 @@ async def _driver_bytes(nconns: int) -> int:
     tracemalloc.stop()
     await close_all(conns)
     return held
+
+
+async def log_verify(peer, app, n: int = 20) -> dict:
+    """Log records written per echo frame on ws/echo-log/ (the logging job's config)."""
+    import logging
+
+    path = os.environ["BENCH_LOG_FILE"]
+
+    def records() -> list[bytes]:
+        for h in logging.getLogger("chanx").handlers + logging.getLogger("bench.raw").handlers:
+            h.flush()
+        with open(path, "rb") as f:
+            return f.read().splitlines()
+
+    c = Conn(app, "/ws/echo-log/")
+    await c.connect(peer.CONNECT_FRAMES)
+    await _echo_once(c)  # connect's own records are written by now
+    before = len(records())
+    for _ in range(n):
+        await _echo_once(c)
+    after = records()
+    await c.close()
+    last = json.loads(after[-1]) if len(after) > before else {}
+    if last.get("message") != "Sent websocket message":
+        raise BenchError(f"the last log record of an echo is {last!r}")
+    after = len(after)
+    return {"records_per_msg": (after - before) / n, "record_keys": " ".join(sorted(last))}
 
 
 async def run_inproc(peer_name: str, scenarios: list[str], sizes: dict) -> dict:
@@ -426,12 +525,24 @@ async def run_inproc(peer_name: str, scenarios: list[str], sizes: dict) -> dict:
             res[name] = await pipe(peer, app, "echo-nohop", s["pipe_batch"], s["pipe_batches"])
         elif name == "connect":
             res[name] = await connect(peer, app, s["connect_n"], s["connect_warm"])
+        elif name == "connect_token":
+            res[name] = await connect(peer, app, s["connect_n"], s["connect_warm"], token=True)
+        elif name == "log_verify":
+            res[name] = await log_verify(peer, app)
+        elif name == "log_seq":
+            res[name] = await seq(peer, app, "echo-log", s["seq_n"], s["seq_warm"])
+        elif name == "log_nohop_seq":
+            res[name] = await seq(peer, app, "echo-log-nohop", s["seq_n"], s["seq_warm"])
+        elif name == "log_nohop_pipe":
+            res[name] = await pipe(peer, app, "echo-log-nohop", s["pipe_batch"], s["pipe_batches"])
         elif name in ("fanout", "fanout_nohop", "chat"):
             res[name] = await fanout(
                 peer, app, s["fanout_conns"], s["fanout_bcasts"], s["fanout_warm"], name
             )
         elif name == "memory":
-            res[name] = await memory(peer, app, s["mem_conns"])
+            res[name] = await memory(peer, app, s["mem_conns"], token=True)
+        elif name == "memory_anon":
+            res[name] = await memory(peer, app, s["mem_conns"], token=False)
         else:
             raise SystemExit(f"unknown scenario {name}")
         gc.collect()
@@ -439,18 +550,65 @@ async def run_inproc(peer_name: str, scenarios: list[str], sizes: dict) -> dict:
 
 
 # --------------------------------------------------------------------- server
-def serve(peer_name: str, ready_file: str) -> None:
+STATS_PATH = "/__bench_stats__/"
+
+
+def with_stats(app):
+    """Count thread hops and DB connects in this process; a websocket on STATS_PATH reads them.
+
+    Every ``sync_to_async`` / ``database_sync_to_async`` call goes through
+    ``SyncToAsync.__call__`` (the ORM's ``aget``/``asave`` too); the counting
+    wrapper is one plain function call per hop, the same for every peer.
+    New DB connections are counted by Django's ``connection_created`` signal.
+    """
+    from asgiref.sync import SyncToAsync
+    from django.db.backends.signals import connection_created
+
+    stats = {"hops": 0, "db_connects": 0}
+    real = SyncToAsync.__call__
+
+    def counting(self, *args, **kwargs):
+        stats["hops"] += 1
+        return real(self, *args, **kwargs)
+
+    SyncToAsync.__call__ = counting
+
+    def on_connect(sender, connection, **kwargs):
+        stats["db_connects"] += 1
+
+    connection_created.connect(on_connect, weak=False)
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "websocket" and scope["path"] == STATS_PATH:
+            await receive()
+            await send({"type": "websocket.accept"})
+            extra = {}
+            chanx = sys.modules.get("chanx")
+            tracked = getattr(chanx, "_DB_CONNECTIONS", None)
+            if tracked is not None:  # chanx.py's connection tracking, while it has one
+                with contextlib.suppress(TypeError):
+                    extra["chanx_tracked_connections"] = len(tracked)
+            await send({"type": "websocket.send", "text": json.dumps({**stats, **extra})})
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def serve(peer_name: str, ready_file: str, count: bool = False) -> None:
     import socket
 
     import uvicorn
 
     peer = setup_peer(peer_name)
+    app = with_stats(peer.application) if count else peer.application
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        peer.application,
+        app,
         loop="uvloop",
         http="httptools",
         ws="websockets-sansio",
@@ -471,6 +629,81 @@ def serve(peer_name: str, ready_file: str) -> None:
 
 
 # --------------------------------------------------------------------- client
+async def _stats(url: str) -> dict:
+    from websockets.asyncio.client import connect as ws_connect
+
+    base = url.split("/ws/", 1)[0]
+    async with ws_connect(base + STATS_PATH, compression=None, ping_interval=None) as ws:
+        return json.loads(await ws.recv())
+
+
+async def db_client(a) -> dict:
+    """Each connection bumps its own row (id = its index + 1) and checks the count goes up by one."""
+    import psutil
+    from websockets.asyncio.client import connect as ws_connect
+
+    server = psutil.Process(a.server_pid)
+    conns = []
+    for _ in range(a.conns):
+        ws = await ws_connect(
+            a.url, compression=None, ping_interval=None, max_queue=None, open_timeout=30
+        )
+        for _ in range(a.connect_frames):
+            await ws.recv()
+        conns.append(ws)
+    bad: list[str] = []
+    last: dict[int, int] = {}
+
+    async def loop(row_id, ws, n, lats):
+        frame = json.dumps({"action": "bump", "payload": {"id": row_id}})
+        send, recv = ws.send, ws.recv
+        for _ in range(n):
+            t0 = perf()
+            await send(frame)
+            got = await recv()
+            lats.append(perf() - t0)
+            reply = json.loads(got)
+            hits = reply.get("payload", {}).get("hits")
+            want = {"action": "bumped", "payload": {"id": row_id, "hits": hits}}
+            if (
+                reply != want
+                or not isinstance(hits, int)
+                or (row_id in last and hits != last[row_id] + 1)
+            ):
+                bad.append(got)
+            last[row_id] = hits if isinstance(hits, int) else -1
+
+    await asyncio.gather(*(loop(i + 1, ws, a.warm, []) for i, ws in enumerate(conns)))
+    lats: list[int] = []
+    s0 = await _stats(a.url)
+    c0 = server.cpu_times()
+    t0 = perf()
+    await asyncio.gather(*(loop(i + 1, ws, a.msgs, lats) for i, ws in enumerate(conns)))
+    dt = perf() - t0
+    c1 = server.cpu_times()
+    s1 = await _stats(a.url)
+    for ws in conns:
+        await ws.close()
+    if bad:
+        raise BenchError(f"{len(bad)} wrong DB replies, e.g. {bad[0]!r}")
+    total = a.conns * a.msgs
+    lats.sort()
+    cpu = (c1.user + c1.system) - (c0.user + c0.system)
+    out = {
+        "msgs_per_s": total / (dt / 1e9),
+        "p50_us": lats[len(lats) // 2] / 1e3,
+        "p99_us": lats[min(len(lats) - 1, int(len(lats) * 0.99))] / 1e3,
+        "server_cpu_us_per_msg": cpu / total * 1e6,
+        "server_cpu_util": cpu / (dt / 1e9),
+        # the stats connections themselves make no hop and no DB connection
+        "hops_per_msg": (s1["hops"] - s0["hops"]) / total,
+        "db_connects_per_msg": (s1["db_connects"] - s0["db_connects"]) / total,
+    }
+    if "chanx_tracked_connections" in s1:
+        out["chanx_tracked_connections_end"] = s1["chanx_tracked_connections"]
+    return out
+
+
 async def client(a) -> dict:
     import psutil
     from websockets.asyncio.client import connect as ws_connect
@@ -539,6 +772,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info")
+    pd = sub.add_parser("dbsetup")
+    pd.add_argument("--rows", type=int, default=100)
     pi = sub.add_parser("inproc")
     pi.add_argument("--peer", required=True)
     pi.add_argument("--scenarios", required=True)
@@ -547,6 +782,7 @@ def main() -> None:
     ps = sub.add_parser("serve")
     ps.add_argument("--peer", required=True)
     ps.add_argument("--ready-file", required=True)
+    ps.add_argument("--count", action="store_true", help="count hops and DB connects")
     pc = sub.add_parser("client")
     pc.add_argument("--url", required=True)
     pc.add_argument("--server-pid", type=int, required=True)
@@ -554,20 +790,27 @@ def main() -> None:
     pc.add_argument("--msgs", type=int, default=1000)
     pc.add_argument("--warm", type=int, default=100)
     pc.add_argument("--connect-frames", type=int, default=0)
+    pc.add_argument("--kind", choices=("echo", "db"), default="echo")
     pc.add_argument("--out", required=True)
     a = p.parse_args()
 
     if a.cmd == "info":
         print(json.dumps(versions()))
+    elif a.cmd == "dbsetup":
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djsettings")
+        import django
+
+        django.setup()
+        print(json.dumps(db_setup(a.rows)))
     elif a.cmd == "inproc":
         res = asyncio.run(run_inproc(a.peer, a.scenarios.split(","), json.loads(a.sizes)))
         _write(a.out, res)
     elif a.cmd == "serve":
-        serve(a.peer, a.ready_file)
+        serve(a.peer, a.ready_file, a.count)
     elif a.cmd == "client":
         import uvloop
 
-        _write(a.out, uvloop.run(client(a)))
+        _write(a.out, uvloop.run(db_client(a) if a.kind == "db" else client(a)))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ connect, message logging off, ``SEND_MESSAGE_IMMEDIATELY`` on (an
 ``asyncio.sleep(0)`` after every send). Its consumer subclasses Channels'
 ``AsyncJsonWebsocketConsumer`` and so keeps Channels' per-message DB hop;
 ws/echo-nohop/ removes it with the same ``dispatch`` override as the raw peer.
+ws/auth/ authenticates a DRF token (``TokenAuthentication``, ``IsAuthenticated``).
 """
 
 from typing import Literal
@@ -21,7 +22,8 @@ from chanx.core.decorators import event_handler, ws_handler
 from chanx.messages.base import BaseMessage
 from django.urls import path
 from pydantic import BaseModel
-from rest_framework.permissions import AllowAny
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.permissions import AllowAny, IsAuthenticated
 
 from peers.raw import NoHopMixin
 
@@ -76,6 +78,15 @@ class EchoNoHopConsumer(NoHopMixin, EchoConsumer):
     pass
 
 
+class TokenAuthenticator(DjangoAuthenticator):
+    authentication_classes = [TokenAuthentication]
+    permission_classes = [IsAuthenticated]
+
+
+class TokenEchoConsumer(EchoConsumer):
+    authenticator_class = TokenAuthenticator
+
+
 class FanoutConsumer(AsyncJsonWebsocketConsumer[FanoutEvent]):
     authenticator_class = BenchAuthenticator
     groups = [FANOUT_GROUP]
@@ -128,6 +139,7 @@ application = AuthMiddlewareStack(
             path("ws/fanout/", FanoutConsumer.as_asgi()),
             path("ws/fanout-nohop/", FanoutNoHopConsumer.as_asgi()),
             path("ws/chat/", ChatConsumer.as_asgi()),
+            path("ws/auth/", TokenEchoConsumer.as_asgi()),
         ]
     )
 )

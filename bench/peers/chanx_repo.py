@@ -10,15 +10,22 @@ Settings are chanx's defaults (no ``CHANX`` setting at all).
 
 chanx does not call Channels' per-message ``aclose_old_connections`` hop
 itself, so ws/echo-nohop/ is the very same consumer as ws/echo/.
+
+ws/auth/ authenticates a DRF token (``TokenAuthentication``, ``IsAuthenticated``);
+ws/db/ reads and bumps one row through the async ORM in a ``@ws_handler``;
+ws/echo-log/ and ws/echo-log-nohop/ are ws/echo/: chanx logs its two INFO
+records per frame by default, and the logging job turns the level on.
 """
 
 from typing import Literal
 
+from benchapp.models import Row
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from django.urls import path
 from pydantic import BaseModel
-from rest_framework.permissions import AllowAny
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.permissions import AllowAny, IsAuthenticated
 
 from chanx import (
     AsyncJsonWebsocketConsumer,
@@ -77,6 +84,45 @@ class EchoConsumer(AsyncJsonWebsocketConsumer):
         return message
 
 
+class TokenAuthenticator(DjangoAuthenticator):
+    authentication_classes = [TokenAuthentication]
+    permission_classes = [IsAuthenticated]
+
+
+class TokenEchoConsumer(EchoConsumer):
+    authenticator_class = TokenAuthenticator
+
+
+class BumpPayload(BaseModel):
+    id: int
+
+
+class BumpMessage(BaseMessage):
+    action: Literal["bump"] = "bump"
+    payload: BumpPayload
+
+
+class BumpedPayload(BaseModel):
+    id: int
+    hits: int
+
+
+class BumpedMessage(BaseMessage):
+    action: Literal["bumped"] = "bumped"
+    payload: BumpedPayload
+
+
+class DbConsumer(AsyncJsonWebsocketConsumer):
+    authenticator_class = BenchAuthenticator
+
+    @ws_handler
+    async def handle_bump(self, message: BumpMessage) -> BumpedMessage:
+        row = await Row.objects.aget(pk=message.payload.id)
+        row.hits += 1
+        await row.asave(update_fields=["hits"])
+        return BumpedMessage(payload=BumpedPayload(id=row.pk, hits=row.hits))
+
+
 class FanoutConsumer(AsyncJsonWebsocketConsumer[FanoutEvent]):
     authenticator_class = BenchAuthenticator
 
@@ -113,6 +159,10 @@ def expected_reply(text: str) -> dict:
     return {"action": "echo", "payload": {"text": text}}
 
 
+def expected_db(row_id: int, hits: int) -> dict:
+    return {"action": "bumped", "payload": {"id": row_id, "hits": hits}}
+
+
 def expected_fanout(text: str) -> dict:
     return {"action": "fanout", "payload": {"text": text}}
 
@@ -131,6 +181,10 @@ application = AuthMiddlewareStack(
             path("ws/fanout/", FanoutConsumer.as_asgi()),
             path("ws/fanout-nohop/", FanoutConsumer.as_asgi()),
             path("ws/chat/", ChatConsumer.as_asgi()),
+            path("ws/auth/", TokenEchoConsumer.as_asgi()),
+            path("ws/db/", DbConsumer.as_asgi()),
+            path("ws/echo-log/", EchoConsumer.as_asgi()),
+            path("ws/echo-log-nohop/", EchoConsumer.as_asgi()),
         ]
     )
 )

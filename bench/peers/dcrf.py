@@ -13,7 +13,11 @@ before every action; the user comes from Channels' ``AuthMiddlewareStack``
 connect. Fan-out: dcrf has no broadcast API besides model observers, so it is
 Channels' ``group_send`` plus a handler method, as in its docs. dcrf keeps
 Channels' per-message DB hop; ws/echo-nohop/ removes it with the raw peer's
-``dispatch`` override.
+``dispatch`` override. ws/auth/: dcrf has no token authentication of its own
+(its docs point to a Channels middleware), so a small middleware does the raw
+peer's DRF token lookup (``peers.raw.token_user``) and sets ``scope["user"]``,
+and the consumer's ``permission_classes = [IsAuthenticated]`` checks it on
+connect and before every action.
 """
 
 from channels.auth import AuthMiddlewareStack
@@ -22,8 +26,9 @@ from channels.routing import URLRouter
 from django.urls import path
 from djangochannelsrestframework.consumers import AsyncAPIConsumer
 from djangochannelsrestframework.decorators import action
+from rest_framework.permissions import IsAuthenticated
 
-from peers.raw import NoHopMixin
+from peers.raw import NoHopMixin, token_key, token_user
 
 NAME = "djangochannelsrestframework 1.3.0"
 CONNECT_FRAMES = 0
@@ -39,6 +44,24 @@ class EchoConsumer(AsyncAPIConsumer):
 
 class EchoNoHopConsumer(NoHopMixin, EchoConsumer):
     pass
+
+
+class TokenEchoConsumer(EchoConsumer):
+    permission_classes = [IsAuthenticated]
+
+
+class TokenAuthMiddleware:
+    """Sets ``scope["user"]`` from an ``Authorization: Token <key>`` header."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        key = token_key(scope)
+        user = await token_user(key) if key else None
+        if user is not None:
+            scope = dict(scope, user=user)
+        return await self.inner(scope, receive, send)
 
 
 class FanoutConsumer(EchoConsumer):
@@ -96,6 +119,7 @@ application = AuthMiddlewareStack(
             path("ws/fanout/", FanoutConsumer.as_asgi()),
             path("ws/fanout-nohop/", FanoutNoHopConsumer.as_asgi()),
             path("ws/chat/", ChatConsumer.as_asgi()),
+            path("ws/auth/", TokenAuthMiddleware(TokenEchoConsumer.as_asgi())),
         ]
     )
 )

@@ -10,10 +10,25 @@ Routes (every peer serves the same ones, behind the same AuthMiddlewareStack):
   ws/fanout/       joins group "fanout" on connect; handler ``send_json``s
   ws/chat/         joins group "chat"; a client "shout" frame is relayed to the
                    whole group (``group_send`` + handler that ``send_json``s)
+  ws/auth/         echo behind DRF token authentication: ``connect()`` reads the
+                   ``Authorization: Token <key>`` header and looks the token up
+                   the way DRF's TokenAuthentication does (``select_related``
+                   user, ``is_active``) in one ``database_sync_to_async`` call;
+                   no token / unknown token: close 4401
+  ws/db/           "bump": read one row (``aget``) and write it (``asave``)
+                   through the async ORM, reply with its new hit count
+  ws/echo-log/     echo that logs what chanx logs per frame: two INFO records
+  ws/echo-log-nohop/  ("Received websocket message", "Sent websocket message")
+                   with the same extra fields, on logger ``bench.raw``
 """
 
+import logging
+import uuid
+
+from benchapp.models import Row
 from channels.auth import AuthMiddlewareStack
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
@@ -50,6 +65,95 @@ class NoHopMixin:
 
 
 class EchoNoHopConsumer(NoHopMixin, EchoConsumer):
+    pass
+
+
+@database_sync_to_async
+def token_user(key: str):
+    """DRF TokenAuthentication's lookup: the token's active user, or None."""
+    from rest_framework.authtoken.models import Token
+
+    try:
+        token = Token.objects.select_related("user").get(key=key)
+    except Token.DoesNotExist:
+        return None
+    return token.user if token.user.is_active else None
+
+
+def token_key(scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            scheme, _, key = value.decode("latin1").partition(" ")
+            return key.strip() if scheme.lower() == "token" and key.strip() else None
+    return None
+
+
+class TokenAuthConsumer(EchoConsumer):
+    """Echo behind a DRF token, authenticated in ``connect()`` as a Channels user would."""
+
+    async def connect(self):
+        key = token_key(self.scope)
+        user = await token_user(key) if key else None
+        if user is None:
+            await self.close(code=4401)
+            return
+        self.scope["user"] = user
+        await self.accept()
+
+
+class DbConsumer(AsyncJsonWebsocketConsumer):
+    """Read and write one row through the async ORM per frame."""
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("action") == "bump":
+            row = await Row.objects.aget(pk=content["payload"]["id"])
+            row.hits += 1
+            await row.asave(update_fields=["hits"])
+            await self.send_json({"action": "bumped", "payload": {"id": row.pk, "hits": row.hits}})
+
+
+log = logging.getLogger("bench.raw")
+
+
+class EchoLogConsumer(AsyncJsonWebsocketConsumer):
+    """Echo plus the two INFO records chanx writes per frame, with the same fields."""
+
+    async def connect(self):
+        self.conn_id = uuid.uuid4().hex[:12]
+        self.frame_seq = 0
+        await self.accept()
+
+    def log_context(self, **extra):
+        client = self.scope.get("client") or ("", "")
+        context = {
+            "conn_id": self.conn_id,
+            "path": self.scope.get("path", ""),
+            "client": f"{client[0]}:{client[1]}",
+        }
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            context["user_id"] = str(user.pk)
+        context.update(extra)
+        return context
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("action") == "echo":
+            self.frame_seq += 1
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "Received websocket message",
+                    extra=self.log_context(
+                        action="echo", message_id=f"{self.conn_id}:{self.frame_seq}"
+                    ),
+                )
+            await self.send_json(
+                {"action": "echo", "payload": {"text": content["payload"]["text"]}}
+            )
+            if log.isEnabledFor(logging.INFO):
+                log.info("Sent websocket message", extra=self.log_context(action="echo"))
+
+
+class EchoLogNoHopConsumer(NoHopMixin, EchoLogConsumer):
     pass
 
 
@@ -90,6 +194,10 @@ def expected_reply(text: str) -> dict:
     return {"action": "echo", "payload": {"text": text}}
 
 
+def expected_db(row_id: int, hits: int) -> dict:
+    return {"action": "bumped", "payload": {"id": row_id, "hits": hits}}
+
+
 def expected_fanout(text: str) -> dict:
     return {"action": "fanout", "payload": {"text": text}}
 
@@ -107,6 +215,10 @@ application = AuthMiddlewareStack(
             path("ws/fanout/", FanoutConsumer.as_asgi()),
             path("ws/fanout-nohop/", FanoutNoHopConsumer.as_asgi()),
             path("ws/chat/", ChatConsumer.as_asgi()),
+            path("ws/auth/", TokenAuthConsumer.as_asgi()),
+            path("ws/db/", DbConsumer.as_asgi()),
+            path("ws/echo-log/", EchoLogConsumer.as_asgi()),
+            path("ws/echo-log-nohop/", EchoLogNoHopConsumer.as_asgi()),
         ]
     )
 )

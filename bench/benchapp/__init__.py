@@ -1,0 +1,1 @@
+"""The benchmark's one model (DB scenario). No migrations: ``migrate --run-syncdb``."""

@@ -1,0 +1,83 @@
+"""Import cost of chanx over its runtime dependencies, in one fresh interpreter.
+
+    python importcost.py                     # one JSON line: baseline_ms, chanx_ms
+    python -X importtime importcost.py       # also: the import tree on stderr
+    python importcost.py --profile 30        # cProfile of `import chanx`, top 30
+
+run.py's ``import`` job calls it in a fresh process per measurement with the
+chanx peer's venv and PYTHONPATH (the chanx.py snapshot, byte-compiled first,
+as an installed module would be). Definition (bench/README.md):
+
+- baseline: from the first line below until the dependencies are imported:
+  ``settings.configure()`` of a minimal project (auth, contenttypes,
+  rest_framework, channels; SQLite in memory; in-memory channel layer),
+  ``django.setup()``, ``import channels, channels.layers, rest_framework``,
+  ``from pydantic import BaseModel, TypeAdapter``;
+- chanx: the time of ``import chanx`` right after, in the same process.
+
+Only ``sys`` and ``time`` (both built in) are imported before the baseline
+starts. A line ``--- import chanx ---`` is written to stderr just before
+``import chanx``, so ``-X importtime`` lines after it belong to chanx.
+"""
+
+import sys
+import time
+
+t0 = time.perf_counter()
+from django.conf import settings  # noqa: E402
+
+settings.configure(
+    SECRET_KEY="importcost",
+    INSTALLED_APPS=[
+        "django.contrib.auth",
+        "django.contrib.contenttypes",
+        "rest_framework",
+        "channels",
+    ],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}},
+    USE_TZ=True,
+)
+import django  # noqa: E402
+
+django.setup()
+import channels  # noqa: E402
+import channels.layers  # noqa: E402, F401
+import rest_framework  # noqa: E402, F401
+from pydantic import BaseModel, TypeAdapter  # noqa: E402, F401
+
+t1 = time.perf_counter()
+modules_before = len(sys.modules)
+if "--profile" in sys.argv:
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    import chanx
+
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out).sort_stats("cumulative")
+    stats.print_stats(int(sys.argv[sys.argv.index("--profile") + 1]))
+    print(out.getvalue())
+else:
+    sys.stderr.write("--- import chanx ---\n")
+    sys.stderr.flush()
+    import chanx
+
+    t2 = time.perf_counter()
+    import json
+
+    print(
+        json.dumps(
+            {
+                "baseline_ms": (t1 - t0) * 1e3,
+                "chanx_ms": (t2 - t1) * 1e3,
+                "chanx_file": chanx.__file__,
+                "modules_before": modules_before,
+                "modules_added": len(sys.modules) - modules_before,
+            }
+        )
+    )
