@@ -1,33 +1,37 @@
 #!/usr/bin/env python3
 """Soak test: many concurrent websocket connections against the real example server.
 
-    .venv/bin/python bench/soak.py [--connections 1000] [--seconds 30] [--interval 1.0]
+    python3 bench/soak.py      # the committed figures: writes bench/soak-results.md + .json
+    python3 bench/soak.py --connections 200 --seconds 5 --rounds 2   # a smaller try (prints only)
 
 Starts one uvicorn server of the example (config.asgi:application, in-memory
-channel layer, a fresh SQLite file with the demo data, DEBUG off), then from
-one asyncio loop opens N connections to the echo assistant (/ws/assistants/,
-DRF token auth). Each connection sends a `new_message` every --interval
-seconds and checks its `reply` for --seconds, then all close.
+channel layer, a fresh SQLite file with the demo data, DEBUG off, a snapshot of
+chanx.py taken at start), then from one asyncio loop opens N connections to the
+echo assistant (/ws/assistants/, DRF token auth). Each connection sends a
+`new_message` every --interval seconds and checks its `reply` for --seconds,
+then all close. That is one round: a full-size warm-up round comes first, then
+--rounds measured rounds (default 5 x 20 s of 1,000 connections).
 
-Reported: connections opened / served / failed, messages exchanged,
-round-trip latency p50/p99, server and client CPU, the server's RSS (psutil)
-before, at peak and after, whether every consumer finished on the server
-("Websocket disconnected" in chanx's JSON log), and the server's count of
-live Python objects and asyncio tasks before and after (an in-process probe:
-the script runs uvicorn itself, in `--serve` mode, so it can answer SIGUSR1).
+Reported per round: connections opened / served / failed, messages exchanged,
+round-trip latency p50/p99/max, server CPU, the server's RSS (psutil) at peak
+and after the round, whether every consumer finished on the server ("Websocket
+disconnected" in chanx's JSON log), and the server's count of live Python
+objects and asyncio tasks after the round (an in-process probe: the script
+runs uvicorn itself, in `--serve` mode, so it can answer SIGUSR1).
 
 Memory a process once needed mostly stays with its allocators, so:
-- RSS "before" is taken after a full-size warm-up round (--warmup-seconds),
+- RSS "before" is taken after the full-size warm-up round (--warmup-seconds),
 - before each RSS reading the server returns free heap to the OS
   (glibc malloc_trim, on SIGUSR2), and RSS is read once it stops falling.
 Peak RSS is read as is.
 
-PASS when every connection of the measured round was served (authenticated,
-every message answered correctly, closed with 1000), every consumer finished,
-no asyncio task and at most max(200, N/2) Python objects outlived the round,
-and RSS after <= before + max(--rss-tolerance-pct % of before,
---rss-tolerance-mb MB). Exit status 1 on FAIL. Every wait is bounded; the
-server is stopped on the way out.
+PASS when, in every measured round, every connection was served
+(authenticated, every message answered correctly, closed with 1000) and every
+consumer finished, and, compared with the state before round 1, the asyncio
+tasks are the same number, live objects differ by at most --objects-allowed,
+and RSS grew by at most --rss-allowed-mb (10 MB). Exit status 1 on FAIL. The
+report is stamped with the git HEAD and the sha256 of the chanx.py the server
+ran. Every wait is bounded; the server is stopped on the way out.
 """
 
 from __future__ import annotations
@@ -105,8 +109,14 @@ def serve(port: int) -> None:
             tasks = len(asyncio.all_tasks())
         except RuntimeError:
             tasks = -1
-        line = json.dumps({PROBE_KEY: {"objects": len(gc.get_objects()), "tasks": tasks}})
+        answer = {"objects": len(gc.get_objects()), "tasks": tasks}
+        tracked = getattr(sys.modules.get("chanx"), "_DB_CONNECTIONS", None)
+        with contextlib.suppress(TypeError):  # chanx.py's DB connection tracking, if any
+            answer["chanx_tracked_db_connections"] = len(tracked)  # type: ignore[arg-type]
+        line = json.dumps({PROBE_KEY: answer})
         print(line, file=sys.stderr, flush=True)
+        chanx = sys.modules.get("chanx")
+        print(json.dumps({"soak_chanx_file": getattr(chanx, "__file__", None)}), flush=True)
 
     def trim() -> None:
         gc.collect()
@@ -445,16 +455,32 @@ async def soak(args: argparse.Namespace, server: Server, token: str) -> dict[str
     before = await settled_rss(server)
     probe_before = await asyncio.to_thread(server.probe)
     print(
-        f"server before: RSS {mb(before)}, {probe_before['objects']} objects, "
+        f"server before round 1: RSS {mb(before)}, {probe_before['objects']} objects, "
         f"{probe_before['tasks']} tasks",
         flush=True,
     )
-    print(f"measured round: {args.connections} connections, {args.seconds:g}s ...", flush=True)
-    result = await run_round(server, token, args.connections, args.seconds, args.interval, finished)
-    result["after"] = await settled_rss(server)
-    result["probe_after"] = await asyncio.to_thread(server.probe)
-    result.update(fresh=fresh, before=before, probe_before=probe_before)
-    return result
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        print(
+            f"round {number}/{args.rounds}: {args.connections} connections, {args.seconds:g}s ...",
+            flush=True,
+        )
+        result = await run_round(
+            server, token, args.connections, args.seconds, args.interval, finished
+        )
+        finished += result["finished"]
+        result["after"] = await settled_rss(server)
+        result["probe_after"] = await asyncio.to_thread(server.probe)
+        stats: Stats = result["stats"]
+        print(
+            f"  served {stats.served}/{args.connections}, {stats.messages} messages, "
+            f"p50 {percentile(stats.latencies, 0.5) * 1000:.1f} ms, "
+            f"p99 {percentile(stats.latencies, 0.99) * 1000:.1f} ms; RSS after {mb(result['after'])}, "
+            f"{result['probe_after']['objects']} objects, {result['probe_after']['tasks']} tasks",
+            flush=True,
+        )
+        rounds.append(result)
+    return {"fresh": fresh, "before": before, "probe_before": probe_before, "rounds": rounds}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -464,13 +490,196 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def chanx_stamp(src: bytes) -> dict[str, Any]:
+    """sha256 of the chanx.py the server ran, and whether HEAD has exactly that file."""
+    import hashlib
+
+    blob = hashlib.sha1(b"blob %d\0" % len(src) + src).hexdigest()  # git hash-object
+    committed = blob == _git("rev-parse", "HEAD:chanx.py")
+    return {
+        "chanx_sha256": hashlib.sha256(src).hexdigest(),
+        "chanx_lines": src.count(b"\n"),
+        "chanx_commit": _git("log", "-1", "--format=%H", "--", "chanx.py") if committed else None,
+        "git_head": _git("rev-parse", "HEAD"),
+    }
+
+
+def judge(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
+    """What the README's wording promises, checked one by one (empty: PASS)."""
+    n = args.connections
+    problems = []
+    before, probe_before = result["before"], result["probe_before"]
+    for number, r in enumerate(result["rounds"], 1):
+        stats: Stats = r["stats"]
+        if stats.served != n:
+            problems.append(f"round {number}: {n - stats.served} of {n} connections not served")
+        if r["finished"] < n:
+            problems.append(f"round {number}: {n - r['finished']} consumers never finished")
+        if r["probe_after"]["tasks"] != probe_before["tasks"]:
+            problems.append(
+                f"round {number}: asyncio tasks {probe_before['tasks']} -> "
+                f"{r['probe_after']['tasks']}"
+            )
+        extra = r["probe_after"]["objects"] - probe_before["objects"]
+        if abs(extra) > args.objects_allowed:
+            problems.append(
+                f"round {number}: live objects {extra:+d} (allowed ±{args.objects_allowed})"
+            )
+        if r["after"] - before > args.rss_allowed_mb * 1e6:
+            problems.append(
+                f"round {number}: RSS grew by {mb(r['after'] - before)} "
+                f"(> {args.rss_allowed_mb:g} MB)"
+            )
+    return problems
+
+
+def report(
+    args: argparse.Namespace, result: dict[str, Any], stamp: dict[str, Any], meta: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    n = args.connections
+    before, probe_before = result["before"], result["probe_before"]
+    problems = judge(args, result)
+    rows = []
+    for number, r in enumerate(result["rounds"], 1):
+        stats: Stats = r["stats"]
+        lat = stats.latencies
+        rows.append(
+            {
+                "round": number,
+                "opened": stats.opened,
+                "served": stats.served,
+                "failed": stats.failed,
+                "messages": stats.messages,
+                "open_seconds": r["open_seconds"],
+                "p50_ms": percentile(lat, 0.5) * 1000,
+                "p99_ms": percentile(lat, 0.99) * 1000,
+                "max_ms": max(lat, default=float("nan")) * 1000,
+                "server_cpu_core_share": r["server_cpu"] / args.seconds,
+                "client_cpu_core_share": r["client_cpu"] / args.seconds,
+                "rss_peak_mb": r["peak"] / 1e6,
+                "rss_after_mb": r["after"] / 1e6,
+                "objects_after": r["probe_after"]["objects"],
+                "tasks_after": r["probe_after"]["tasks"],
+                "chanx_tracked_db_connections_after": r["probe_after"].get(
+                    "chanx_tracked_db_connections"
+                ),
+                "consumers_finished": r["finished"],
+                "client_errors": dict(sorted(stats.errors.items(), key=lambda kv: -kv[1])[:10]),
+            }
+        )
+    all_lat = [x for r in result["rounds"] for x in r["stats"].latencies]
+    total = sum(row["messages"] for row in rows)
+    last = result["rounds"][-1]
+    summary = {
+        "connections": n,
+        "rounds": len(rows),
+        "seconds_per_round": args.seconds,
+        "interval": args.interval,
+        "messages_total": total,
+        "messages_per_round_median": statistics.median(row["messages"] for row in rows),
+        "served_every_round": all(row["served"] == n for row in rows),
+        "p50_ms_all_rounds": percentile(all_lat, 0.5) * 1000,
+        "p99_ms_all_rounds": percentile(all_lat, 0.99) * 1000,
+        "rss_fresh_mb": result["fresh"] / 1e6,
+        "rss_before_mb": before / 1e6,
+        "rss_after_last_mb": last["after"] / 1e6,
+        "rss_growth_max_mb": max(r["after"] - before for r in result["rounds"]) / 1e6,
+        "rss_allowed_mb": args.rss_allowed_mb,
+        "objects_before": probe_before["objects"],
+        "objects_after_each_round": [row["objects_after"] for row in rows],
+        "objects_allowed": args.objects_allowed,
+        "tasks_before": probe_before["tasks"],
+        "tasks_after_each_round": [row["tasks_after"] for row in rows],
+        "frame_error_records": meta["frame_errors"],
+        "result": "PASS" if not problems else "FAIL",
+        "problems": problems,
+    }
+    L = [
+        "# Soak results (`bench/soak.py`)",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}",
+        f"- measured: `chanx.py` sha256 `{stamp['chanx_sha256']}` ({stamp['chanx_lines']} lines), "
+        + (
+            f"= chanx.py at HEAD, last changed in commit `{stamp['chanx_commit']}`"
+            if stamp["chanx_commit"]
+            else "**uncommitted** (differs from HEAD's chanx.py): rerun before quoting"
+        ),
+        f"- repository HEAD: `{stamp['git_head']}`",
+        f"- machine: {os.cpu_count()} CPUs, load avg (1/5/15 min) at start / end "
+        f"{meta['load_start']} / {meta['load_end']} (shared machine)",
+        f"- server: one uvicorn process of the example (`config.asgi:application`, in-memory "
+        f"channel layer, SQLite, DEBUG off); client: one asyncio process, `websockets`; "
+        f"{n} connections to the echo assistant (`/ws/assistants/`), each authenticated with "
+        f"a DRF token header, each sending a message every {args.interval:g} s and checking "
+        f"its reply; a {args.warmup_seconds:g} s warm-up round at full size first, then "
+        f"{len(rows)} measured rounds of {args.seconds:g} s (all connections opened, "
+        "exchange, all closed)",
+        "- RSS: read after a `gc.collect()` + glibc `malloc_trim(0)` in the server, once it "
+        'stops falling; "before" is after the warm-up round. Objects: `len(gc.get_objects())` '
+        "after a `gc.collect()`; tasks: `len(asyncio.all_tasks())` on the server's loop",
+        "",
+        "| round | served | messages | p50 ms | p99 ms | max ms | server CPU | peak RSS MB | "
+        "RSS after MB | objects after | tasks after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| before | | | | | | | | {before / 1e6:.1f} | {probe_before['objects']} | "
+        f"{probe_before['tasks']} |",
+    ]
+    for row in rows:
+        L.append(
+            f"| {row['round']} | {row['served']}/{n} | {row['messages']:,} | {row['p50_ms']:.1f} | "
+            f"{row['p99_ms']:.1f} | {row['max_ms']:.1f} | {row['server_cpu_core_share']:.0%} | "
+            f"{row['rss_peak_mb']:.1f} | {row['rss_after_mb']:.1f} | {row['objects_after']} | "
+            f"{row['tasks_after']} |"
+        )
+    L += [
+        "",
+        f"Over all {len(rows)} rounds: {total:,} messages, p50 {summary['p50_ms_all_rounds']:.1f} ms, "
+        f"p99 {summary['p99_ms_all_rounds']:.1f} ms.",
+        "",
+        "Checks (each round, against the state before round 1):",
+        f"- every connection served (authenticated, every reply right, closed 1000) and every "
+        f"consumer finished on the server: "
+        f"{'yes' if all(r['served'] == n and r['consumers_finished'] >= n for r in rows) else 'NO'}",
+        f"- RSS after the round <= before + {args.rss_allowed_mb:g} MB: largest growth "
+        f"{summary['rss_growth_max_mb']:+.1f} MB",
+        f"- live objects within ±{args.objects_allowed} of before: "
+        + ", ".join(
+            f"{o - probe_before['objects']:+d}" for o in summary["objects_after_each_round"]
+        ),
+        f"- asyncio tasks equal to before ({probe_before['tasks']}): "
+        + ", ".join(str(t) for t in summary["tasks_after_each_round"]),
+        f"- server 'Failed to handle a websocket frame' records: {meta['frame_errors']}",
+        "",
+    ]
+    tracked = [row["chanx_tracked_db_connections_after"] for row in rows]
+    if any(t is not None for t in tracked):
+        L += [
+            "Diagnostic: entries in chanx.py's `_DB_CONNECTIONS` after each round "
+            f"(before round 1: {probe_before.get('chanx_tracked_db_connections')}): "
+            + ", ".join(str(t) for t in tracked),
+            "",
+        ]
+    L += [
+        f"**{summary['result']}**" + (": " + "; ".join(problems) if problems else ""),
+        "",
+    ]
+    return "\n".join(L), {"summary": summary, "rounds": rows, "stamp": stamp, "meta": meta}
+
+
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--serve":
         serve(int(sys.argv[2]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each round")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds")
     parser.add_argument(
         "--interval", type=float, default=1.0, help="seconds between one connection's messages"
     )
@@ -480,78 +689,65 @@ def main() -> int:
         default=3.0,
         help="length of the full-size warm-up round before 'before' (0: none)",
     )
-    parser.add_argument("--rss-tolerance-pct", type=float, default=5.0)
-    parser.add_argument("--rss-tolerance-mb", type=float, default=10.0)
+    parser.add_argument("--rss-allowed-mb", type=float, default=10.0)
+    parser.add_argument(
+        "--objects-allowed",
+        type=int,
+        default=0,
+        help="live objects after a round may differ from before by at most this many "
+        "(default 0: unchanged)",
+    )
+    parser.add_argument(
+        "--out",
+        help="write the report here (+ .json beside it); the default run writes "
+        "bench/soak-results.md",
+    )
     args = parser.parse_args()
+    out = args.out
+    if out is None and not any(a.startswith("--") and a != "--out" for a in sys.argv[1:]):
+        out = str(REPO / "bench" / "soak-results.md")  # the committed figures: defaults only
 
+    import datetime as dt
+
+    meta: dict[str, Any] = {
+        "command": " ".join(["python3", "bench/soak.py", *sys.argv[1:]]),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
     raise_fd_limit(2 * args.connections + 256)
     with tempfile.TemporaryDirectory(prefix="chanx-soak-") as tmp:
         tmp_dir = Path(tmp)
+        # The server imports a snapshot, so an edit of chanx.py mid-run changes nothing.
+        snapshot = tmp_dir / "chanx-snapshot"
+        snapshot.mkdir()
+        src = (REPO / "chanx.py").read_bytes()
+        (snapshot / "chanx.py").write_bytes(src)
+        stamp = chanx_stamp(src)
         print("preparing the database ...", flush=True)
         info = prepare_demo_db(tmp_dir / "db.sqlite3")
         env = example_env(tmp_dir / "db.sqlite3", DJANGO_DEBUG="0")
+        env.pop("DATABASE_URL", None)  # always the SQLite file prepared above
+        env["PYTHONPATH"] = os.pathsep.join([str(snapshot), env["PYTHONPATH"]])
         server = Server(env, tmp_dir / "server.log")
         try:
             print(f"server pid {server.pid} on port {server.port}", flush=True)
             result = asyncio.run(soak(args, server, info["tokens"]["alice"]))
-            frame_errors = server.count("Failed to handle a websocket frame")
+            meta["frame_errors"] = server.count("Failed to handle a websocket frame")
+            imported = [r for r in server.json_lines() if "soak_chanx_file" in r]
         finally:
             server.stop()
-
-    n = args.connections
-    stats: Stats = result["stats"]
-    before, peak, after = result["before"], result["peak"], result["after"]
-    allowed = max(before * args.rss_tolerance_pct / 100, args.rss_tolerance_mb * 1e6)
-    probe_before, probe_after = result["probe_before"], result["probe_after"]
-    extra_objects = probe_after["objects"] - probe_before["objects"]
-    allowed_objects = max(200, n // 2)
-    lat = stats.latencies
+    meta["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    if not imported or not imported[-1]["soak_chanx_file"].startswith(str(snapshot)):
+        print(f"error: the server did not import the snapshot: {imported}")
+        return 1
+    text, data = report(args, result, stamp, meta)
     print()
-    print(
-        f"connections: {n} requested, {stats.opened} opened, {stats.served} served, "
-        f"{stats.failed} failed (all opened in {result['open_seconds']:.1f}s)"
-    )
-    print(
-        f"messages exchanged: {stats.messages} "
-        f"({stats.messages / args.seconds:.0f}/s over {args.seconds:g}s)"
-    )
-    print(
-        f"round-trip latency: p50 {percentile(lat, 0.5) * 1000:.1f} ms, "
-        f"p99 {percentile(lat, 0.99) * 1000:.1f} ms, "
-        f"max {max(lat, default=float('nan')) * 1000:.1f} ms"
-        + (f", mean {statistics.fmean(lat) * 1000:.1f} ms" if lat else "")
-    )
-    print(
-        f"CPU during the exchange: server {result['server_cpu'] / args.seconds:.0%} of a core, "
-        f"client {result['client_cpu'] / args.seconds:.0%} of a core"
-    )
-    print(
-        f"server RSS: fresh {mb(result['fresh'])}; before {mb(before)}, peak {mb(peak)}, "
-        f"after {mb(after)} (after - before = {mb(after - before)}, allowed {mb(allowed)})"
-    )
-    print(
-        f"server objects: before {probe_before['objects']}, after {probe_after['objects']} "
-        f"({extra_objects:+d}, allowed +{allowed_objects}); asyncio tasks: "
-        f"before {probe_before['tasks']}, after {probe_after['tasks']}"
-    )
-    print(f"consumers finished on the server: {result['finished']}/{n}")
-    print(f"server 'Failed to handle a websocket frame' records (all rounds): {frame_errors}")
-    for error, count in sorted(stats.errors.items(), key=lambda kv: -kv[1])[:10]:
-        print(f"  client error x{count}: {error}")
-
-    problems = []
-    if stats.served != n:
-        problems.append(f"{n - stats.served} connections not served")
-    if result["finished"] < n:
-        problems.append(f"{n - result['finished']} consumers never finished on the server")
-    if probe_after["tasks"] > probe_before["tasks"]:
-        problems.append(f"{probe_after['tasks'] - probe_before['tasks']} asyncio tasks left")
-    if extra_objects > allowed_objects:
-        problems.append(f"{extra_objects} more live objects (> {allowed_objects})")
-    if after - before > allowed:
-        problems.append(f"RSS grew by {mb(after - before)} (> {mb(allowed)})")
-    print("PASS" if not problems else "FAIL: " + "; ".join(problems))
-    return 0 if not problems else 1
+    print(text)
+    if out:
+        Path(out).write_text(text)
+        Path(out).with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+        print(f"written to {out} and {Path(out).with_suffix('.json')}")
+    return 0 if data["summary"]["result"] == "PASS" else 1
 
 
 if __name__ == "__main__":
