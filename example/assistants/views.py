@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from assistants.models import Conversation, ConversationMessage
 from assistants.permissions import ConversationOwner
 from assistants.tasks import announce_message, entry, stream_reply
+from config.views import websocket_token
 
 
 def conversation_data(conversation: Conversation) -> dict[str, str]:
@@ -95,5 +96,6 @@ def assistants_page(request: HttpRequest) -> HttpResponse:
             "conversation": conversation,
             "history": conversation.messages.all() if conversation else [],
             "conversations": conversations,
+            "ws_token": websocket_token(request),
         },
     )

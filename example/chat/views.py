@@ -15,6 +15,7 @@ from chat.history import recent_messages
 from chat.messages import MemberAddedEvent, MemberPayload, MemberRemovedEvent
 from chat.models import Membership, Room
 from chat.permissions import IsRoomMember, IsRoomOwner, MayRemoveMember, may_remove_others
+from config.views import websocket_token
 
 User = get_user_model()
 
@@ -83,6 +84,7 @@ def room_page(request: HttpRequest, pk: int) -> HttpResponse:
             "room": room,
             "members": [m.user for m in members],
             "is_member": is_member,
+            "ws_token": websocket_token(request),
             # Read by the page's script (json_script), rendered with textContent only.
             "room_data": {
                 "id": room.pk,

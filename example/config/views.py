@@ -5,6 +5,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_safe
+from rest_framework.authtoken.models import Token
 
 from assistants.models import Conversation
 from chanx import discover_routes
@@ -20,6 +21,20 @@ FAVICON_SVG = (
     '<circle cx="20.5" cy="14.5" r="1.6" fill="#1d4ed8"/>'
     "</svg>"
 )
+
+
+def websocket_token(request: HttpRequest) -> str | None:
+    """The logged-in user's DRF token key, for pages that open a websocket.
+
+    Browsers cannot set ``Authorization`` on a websocket; base.html's
+    ``openSocket()`` offers it as the ``chanx.auth.<base64url>`` subprotocol
+    instead (never in the URL, so never in access logs). The session cookie
+    is sent as well and works on its own.
+    """
+    if not request.user.is_authenticated:
+        return None
+    token, _ = Token.objects.get_or_create(user=request.user)
+    return str(token.key)
 
 
 @require_safe

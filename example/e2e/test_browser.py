@@ -4,8 +4,11 @@ Starts its own server on a free loopback port with a fresh SQLite file, then
 two browser contexts (alice and bob) chat in the Lobby, reload it and see the
 stored history, alice (the Lobby's owner) removes bob, who is told so and can
 no longer send, bob leaves by himself, and alice watches a streamed assistant
-reply arrive word by word. No page request fails (the favicon included). Each
-test leaves the demo data as it found it, so the order does not matter.
+reply arrive word by word. The pages log in with the DRF token offered as the
+``chanx.auth.<base64url>`` subprotocol (never in the URL or the server's
+output), and session cookies still work alone. No page request fails (the
+favicon included). Each test leaves the demo data as it found it, so the order
+does not matter.
 
 Skipped when Playwright or /usr/bin/chromium is missing, unless
 CHANX_REQUIRE_ALL=1 (then it fails).
@@ -13,6 +16,7 @@ CHANX_REQUIRE_ALL=1 (then it fails).
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -33,23 +37,25 @@ from assistants.generator import reply_for  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Any]]]:
+def site(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ExampleServer, dict[str, Any]]]:
     """Migrate a fresh database, load the demo data, serve with uvicorn."""
     sqlite_path = tmp_path_factory.mktemp("e2e") / "db.sqlite3"
     demo = prepare_demo_db(sqlite_path)
     # No REDIS_URL: one process, the in-memory channel layer will do.
     env = example_env(sqlite_path, ASSISTANT_TOKEN_DELAY="0.1")  # slow enough to watch
     with ExampleServer(env) as server:
-        yield server.base_url, demo
+        yield server, demo
 
 
 @pytest.fixture(scope="module")
-def base_url(site: tuple[str, dict[str, Any]]) -> str:
-    return site[0]
+def base_url(site: tuple[ExampleServer, dict[str, Any]]) -> str:
+    return site[0].base_url
 
 
 @pytest.fixture(scope="module")
-def lobby(site: tuple[str, dict[str, Any]]) -> str:
+def lobby(site: tuple[ExampleServer, dict[str, Any]]) -> str:
     """The Lobby's page (alice and bob are members, alice owns it)."""
     return f"/chat/{site[1]['lobby']}/"
 
@@ -159,6 +165,59 @@ def test_two_users_chat_in_a_room(browser: Browser, base_url: str) -> None:
     close(alice, bob)
 
 
+# Opens a websocket from the page (protocols null: with the page's own openSocket),
+# returns [negotiated subprotocol, authentication status].
+PROBE = """async ([path, protocols]) => {
+    const socket = protocols === null ? openSocket(path) : new WebSocket(wsUrl(path), protocols);
+    const frame = await new Promise((resolve, reject) => {
+        socket.onmessage = (event) => resolve(JSON.parse(event.data));
+        socket.onclose = (event) => reject(new Error(`closed with ${event.code} before a frame`));
+    });
+    socket.onclose = null;
+    socket.close();
+    return [socket.protocol, frame.payload.status_code];
+}"""
+
+
+def test_pages_log_in_with_the_token_subprotocol_and_cookies_still_work(
+    browser: Browser, site: tuple[ExampleServer, dict[str, Any]], lobby: str
+) -> None:
+    server, demo = site
+    key = demo["tokens"]["alice"]
+    alice = login(browser, server.base_url, "alice")
+    with alice.expect_websocket() as socket_info:
+        alice.goto(lobby)
+    alice.wait_for_selector("#status[data-state=open]")
+    assert socket_info.value.url == server.ws_url(f"/ws/chat/{demo['lobby']}/")  # no token
+    assert alice.locator("meta[name=ws-token]").get_attribute("content") == key
+    assert alice.evaluate("socket.protocol") == "chanx"  # the page offered chanx + chanx.auth.*
+    offered = alice.evaluate("(key) => ['chanx', 'chanx.auth.' + b64url('Token ' + key)]", key)
+    assert offered == ["chanx", "chanx.auth." + b64url(f"Token {key}")]
+    path = f"/ws/chat/{demo['lobby']}/"
+
+    # The session cookie alone still logs in (a socket without subprotocols)...
+    assert alice.evaluate(PROBE, [path, []]) == ["", 200]
+    # ...and without cookies the token does, while chanx alone is anonymous.
+    alice.context.clear_cookies()
+    assert alice.evaluate(PROBE, [path, None]) == ["chanx", 200]  # what the page itself does
+    assert alice.evaluate(PROBE, [path, offered]) == ["chanx", 200]
+    assert alice.evaluate(PROBE, [path, ["chanx"]]) == ["chanx", 401]
+    assert alice.evaluate(PROBE, [path, ["chanx", "chanx.auth." + b64url("Token bogus")]]) == [
+        "chanx",
+        401,
+    ]
+
+    # The token never shows in the server's output (access log, chanx's records).
+    assert server.output is not None
+    output = server.output.text()
+    assert key not in output and offered[1].removeprefix("chanx.auth.") not in output
+    close(alice)
+
+
+def b64url(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
 def test_history_survives_a_reload_and_stays_text(browser: Browser, base_url: str) -> None:
     alice = login(browser, base_url, "alice")
     bob = login(browser, base_url, "bob")
@@ -264,9 +323,11 @@ def test_assistant_reply_streams_token_by_token(browser: Browser, base_url: str)
     with page.expect_websocket(lambda ws: "/ws/assistants/" in ws.url) as socket_info:
         page.click("#new-conversation")
     socket = socket_info.value
+    assert "token" not in socket.url
     frames: list[dict[str, Any]] = []
     socket.on("framereceived", lambda payload: frames.append(_json(payload)))
     page.wait_for_selector("#status[data-state=open]")
+    assert page.evaluate("socket.protocol") == "chanx"  # logged in with the token subprotocol
 
     question = "what is the weather like on the moon"
     with socket.expect_event("framereceived", lambda p: "complete_streaming" in str(p)):

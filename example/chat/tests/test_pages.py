@@ -8,6 +8,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.test import TestCase
+from rest_framework.authtoken.models import Token
 
 from chat.history import HISTORY_LIMIT
 from chat.models import Membership, Message, Room
@@ -78,3 +79,13 @@ class RoomPageTests(TestCase):
         start = html.index('<form id="send-form"')
         form = html[start : html.index("</form>", start)]
         assert form.count(" disabled") == 2  # input and button, enabled once authenticated
+
+    def test_logged_in_pages_carry_the_websocket_token(self) -> None:
+        """For openSocket()'s chanx.auth subprotocol: the user's own DRF token."""
+        html, _ = self.page(self.bob)
+        token = Token.objects.get(user=self.bob)
+        assert f'<meta name="ws-token" content="{token.key}">' in html
+        assistants = self.client.get("/assistants/").content.decode()
+        assert f'<meta name="ws-token" content="{token.key}">' in assistants
+        self.client.logout()
+        assert 'name="ws-token"' not in self.client.get("/assistants/").content.decode()
