@@ -3,48 +3,54 @@
 The code comes from README.md itself, never from a copy. For each way of
 installing chanx, a fresh project is built in a temporary directory:
 
-- ``wheel``: a wheel built from the repository (once per session) is installed,
-  with ``--no-deps``, into a throwaway venv;
+- ``wheel``: a wheel built from the repository's files (once per run of this
+  module) is installed, with ``--no-deps``, into a throwaway venv;
 - ``vendored``: ``chanx.py`` alone is copied next to ``manage.py``, in a venv
   where no other chanx can be imported.
 
 Both venvs see the dependencies of the running interpreter's venv through a
-``.pth`` line (so nothing is downloaded), but not its editable chanx: that
-needs a ``.pth`` *hook*, which only runs from a venv's own site-packages.
-``chanx.__file__`` is checked in each project.
+``.pth`` path line (so nothing is downloaded), but not its editable chanx: that
+is an import hook in a ``.pth`` file, and only a venv's own site-packages runs
+those. ``chanx.__file__`` is checked in each project.
 
-How the README is read:
+How README.md is read (the two sections' blocks, in order):
 
 - A fenced block whose first line is ``# <path>`` is that file of the project
   (relative to the directory ``startproject`` made); ``# <path> (add at the
   end)`` is appended to the file ``startproject`` wrote. Users see these lines
   anyway; nothing else marks a block.
-- The Quick start's ``bash`` blocks are run command by command (``COMMANDS``
-  says how each is run; an unknown command fails the test). ``pip install``
-  lines are checked, not run: the case installs chanx, the venv has the rest.
+- ``bash`` blocks are run command by command (``run_command`` says how; a
+  command it does not know fails the test). ``pip install`` lines are checked,
+  not run: the case installs chanx, and the other packages must import.
   ``createsuperuser`` gets ``--noinput`` and a password from the environment.
-- ``client.py`` runs against the uvicorn server the README starts, on a free
-  port instead of 8000; its output must equal the "A client sees" block.
-- Other sections' blocks that a user would copy are run too: the Logging block
-  is appended to settings.py (the server's chanx records must be JSON), the
-  Playground ``urls.py`` block becomes a module whose ``urlpatterns`` are
-  added to the project's (the page must load with ``DEBUG`` on). ``BLOCKS``
-  lists every block of README.md and what runs it; a new block fails
-  ``test_every_readme_block_is_accounted_for`` until it is listed.
+- The server is the README's ``uvicorn mysite.asgi:application`` on a free
+  port (``--port``), and daphne's ``manage.py runserver --noreload`` with the
+  settings block's commented daphne line applied. ``client.py`` is run with
+  ``127.0.0.1:8000`` replaced by that port; its output must equal the "A
+  client sees" block. The testing snippet runs under ``pytest`` (the README's
+  command) and under ``manage.py test``.
+- Other sections' blocks that a user would copy run too: the Logging block is
+  appended to settings.py (the server's chanx records must be JSON), and the
+  Playground ``urls.py`` block becomes ``mysite/readme_playground.py``, whose
+  ``urlpatterns`` are added to the project's (the page loads with ``DEBUG``
+  on, as startproject leaves it). ``BLOCKS`` lists every block of README.md
+  and what runs it; a new block fails ``test_every_readme_block_is_accounted_for``
+  until it is run and listed.
 
 The database: the README's settings keep ``startproject``'s SQLite file (and
-Django's in-memory test database). When ``DATABASE_URL`` is a PostgreSQL URL,
-an override is appended to settings.py after the README's code: a database
-``<name>_qs_<case>`` on that server (created here, dropped at the end, like its
-``test_`` twin that the test runner makes), parsed by the example's own
-``database_from_url``.
+Django's in-memory test database), as a newcomer gets them. When
+``DATABASE_URL`` is a PostgreSQL URL, an override is appended to settings.py
+after the README's code: a fresh database ``<name>_qs_<case>`` on that server
+(dropped at the end, with the ``test_`` twin the test runner makes), in the
+example's own ``database_from_url`` form.
 
 With ``CHANX_REQUIRE_ALL=1`` a missing tool (uvicorn, websockets, pytest-django,
-psycopg for PostgreSQL) fails the tests instead of skipping them.
+daphne, psycopg for PostgreSQL) fails the tests instead of skipping them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import importlib.util
@@ -62,11 +68,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from config.settings import database_from_url
+from e2e.postgres import create_database, drop_database, postgres_url
 from e2e.servers import (
     MANAGE_TIMEOUT,
     REPO_DIR,
@@ -227,34 +233,6 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def postgres_url() -> str | None:
-    """DATABASE_URL when it names a PostgreSQL database, else None (SQLite)."""
-    url = os.environ.get("DATABASE_URL", "")
-    return url if urlsplit(url).scheme in ("postgres", "postgresql") else None
-
-
-def pg_admin(url: str, *statements: str) -> None:
-    """Run statements on the server's maintenance database, in autocommit."""
-    import psycopg
-
-    config = database_from_url(url)
-    with psycopg.connect(
-        dbname="postgres",
-        user=config["USER"] or None,
-        password=config["PASSWORD"] or None,
-        host=config["HOST"] or None,
-        port=config["PORT"] or None,
-        autocommit=True,
-    ) as connection:
-        for statement in statements:
-            connection.execute(statement)
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
 # The venvs and the wheel #####################################################
 
 
@@ -283,20 +261,33 @@ def make_venv(directory: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """chanx's wheel, built once (per run of this module) from a copy of the repository's files."""
+    """chanx's wheel, built as the README says, once per run of this module.
+
+    From a copy of the files the build reads, so that it leaves nothing (build/,
+    dist/) in the repository.
+    """
     root = tmp_path_factory.mktemp("readme-wheel")
     source = root / "src"
     source.mkdir()
     for name in ("chanx.py", "pyproject.toml", "README.md"):
         shutil.copy(REPO_DIR / name, source / name)
+    # The README's command, in the copy: `pip wheel --no-deps -w dist .`
+    command = re.search(r"`(pip wheel [^`]+)`", README.read_text())
+    assert command, "README.md: no `pip wheel ...` command"
+    words = shlex.split(command.group(1))
+    assert words == ["pip", "wheel", "--no-deps", "-w", "dist", "."], words
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", str(root)],
+        [sys.executable, "-m", *words, "-q"],
+        cwd=source,
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    (built,) = root.glob("chanx-*.whl")
+    (built,) = (source / "dist").glob("chanx-*.whl")
+    assert "`dist/chanx-<version>-py3-none-any.whl`" in README.read_text()
+    version = re.search(r'^__version__ = "([^"]+)"', (source / "chanx.py").read_text(), re.M)
+    assert version and built.name == f"chanx-{version.group(1)}-py3-none-any.whl", built.name
     return built
 
 
@@ -395,7 +386,7 @@ def check_pip_install(project: Project, command: str) -> None:
 
 
 def run_command(project: Project, command: str) -> None:
-    """One command of a Quick start bash block (see COMMANDS in the docstring)."""
+    """One command of a README bash block (the server, client and tests: their tests)."""
     words = shlex.split(command)
     if words[:2] == ["pip", "install"]:
         check_pip_install(project, command)
@@ -612,11 +603,10 @@ class Projects:
             )
         database = None
         if (url := postgres_url()) is not None:
-            name = database_from_url(url)["NAME"] + f"_qs_{case}"
-            drop = [f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in (name, f"test_{name}")]
-            pg_admin(url, *drop, f'CREATE DATABASE "{name}"')
-            self.stack.callback(pg_admin, url, *drop)
-            database = with_database(url, name)
+            name = database_from_url(url)["NAME"][:40] + f"_qs_{case}"  # at most 63 bytes
+            database = create_database(url, name)
+            for made in (name, f"test_{name}"):  # and the test runner's, if it is left
+                self.stack.callback(drop_database, url, made)
         (root / "work").mkdir()
         return build_project(case, root / "work", python, database)
 
@@ -697,22 +687,12 @@ def test_chanx_is_the_one_the_case_installed(project: Project) -> None:
         )
         assert elsewhere.returncode != 0 and "No module named 'chanx'" in elsewhere.stderr
     else:
-        assert location.parent == Path(
-            project.run(
-                [
-                    str(project.python),
-                    "-c",
-                    "import sysconfig; print(sysconfig.get_path('purelib'))",
-                ]
-            ).stdout.strip()
-        )
-        assert REPO_DIR not in location.parents
-        record = project.run(
-            [str(project.python), "-c", "import importlib.metadata as m; print(m.version('chanx'))"]
+        purelib = project.run(
+            [str(project.python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
         ).stdout.strip()
-        assert record == re.search(
-            r'__version__ = "([^"]+)"', (REPO_DIR / "chanx.py").read_text()
-        ).group(1)  # type: ignore[union-attr]
+        assert location == Path(purelib, "chanx.py")  # the venv's own site-packages
+        (record,) = Path(purelib).glob("chanx-*.dist-info/RECORD")  # installed by pip
+        assert "chanx.py," in record.read_text()
 
 
 def test_check_passes_and_migrations_are_applied(project: Project) -> None:
@@ -742,6 +722,15 @@ def client_source(server: Server) -> str:
     (block,) = [b for b in file_blocks() if b.target == ("client.py", False)]
     assert block.text.count("127.0.0.1:8000") == 2, block.text  # the URL and the Origin
     return block.text.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+
+
+def json_record(line: str) -> dict[str, Any] | None:
+    """A line of chanx.JsonFormatter, decoded (None for any other line)."""
+    if line.startswith("{"):
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            return record if isinstance(record, dict) else None
+    return None
 
 
 def run_client(project: Project, server: Server) -> None:
@@ -794,18 +783,7 @@ def test_logging_block_keeps_the_servers_own_log(project: Project) -> None:
     assert project.run([str(project.python), "-c", code]).stdout.split() == ["False"]
 
 
-def json_record(line: str) -> dict[str, Any] | None:
-    """A line of chanx.JsonFormatter, decoded (None for any other line)."""
-    if line.startswith("{"):
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            return record if isinstance(record, dict) else None
-    return None
-
-
 def test_anonymous_client_is_refused(project: Project, server: Server) -> None:
-    import asyncio
-
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
@@ -823,8 +801,6 @@ def test_anonymous_client_is_refused(project: Project, server: Server) -> None:
 
 
 def test_cross_origin_handshake_is_refused(project: Project, server: Server) -> None:
-    import asyncio
-
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
 
@@ -854,8 +830,6 @@ SUBPROTOCOLS_IN_CHANX = "chanx.auth." in (REPO_DIR / "chanx.py").read_text()
 )
 def test_browser_token_subprotocol(project: Project, server: Server) -> None:
     """What the README tells browsers: ["chanx", "chanx.auth." + b64url("Token " + key)]."""
-    import asyncio
-
     from websockets.asyncio.client import connect
 
     assert '["chanx", "chanx.auth." + b64url("Token " + key)]' in README.read_text()
