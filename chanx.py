@@ -6,91 +6,59 @@ group pub/sub and server-side events, clear error frames, structured JSON
 logging, route discovery, an AsyncAPI 3.0 document, a playground page and
 test utilities.
 
-    pip install chanx            # or copy this file into your project
+    pip install "chanx @ git+https://github.com/chanx-dev/chanx.py"   # or copy
+    # this file next to manage.py (anywhere on the import path)
 
-Documentation: the README of the chanx repository; this file is its reference.  Licence: MIT.
-Runtime dependencies: django, channels, djangorestframework, pydantic.
+The README of the chanx repository is the guide; this file is the reference.
+Licence: MIT. Runtime dependencies: django, channels, djangorestframework,
+pydantic.
 
-This file reads top to bottom in the order a connection lives through it;
-``grep '^# .* ####' chanx.py`` prints the table of contents.
+The parts, in the order a connection lives through them (``grep '^# .* ####'
+chanx.py`` prints them): Errors, Settings, Messages, Logging, Authentication,
+Consumer, Routing and discovery, AsyncAPI, Playground, Testing, Command line.
 """
 
 from __future__ import annotations
 
-__version__ = "3.0.0"
+__version__ = "3.1.0"
 __license__ = "MIT"
 
+# fmt: off
 __all__ = [
-    # Errors
-    "ChanxError",
-    "ChanxConfigError",
-    "InvalidEventError",
-    # Settings
-    "chanx_settings",
+    # Errors and settings
+    "ChanxError", "ChanxConfigError", "InvalidEventError", "chanx_settings",
     # Messages
-    "BaseMessage",
-    "BaseIncomingMessage",
-    "BaseGroupMessage",
-    "BaseChannelEvent",
-    "IncomingMessage",
-    "PingMessage",
-    "PongMessage",
-    "ErrorMessage",
-    "AuthenticationPayload",
-    "AuthenticationMessage",
-    "CompleteMessage",
-    "GroupCompleteMessage",
-    "EventCompleteMessage",
-    "ACTION_COMPLETE",
-    "GROUP_ACTION_COMPLETE",
-    "EVENT_ACTION_COMPLETE",
+    "BaseMessage", "BaseIncomingMessage", "BaseGroupMessage", "BaseChannelEvent",
+    "IncomingMessage", "PingMessage", "PongMessage", "ErrorMessage", "AuthenticationPayload",
+    "AuthenticationMessage", "CompleteMessage", "GroupCompleteMessage", "EventCompleteMessage",
+    "ACTION_COMPLETE", "GROUP_ACTION_COMPLETE", "EVENT_ACTION_COMPLETE", "MESSAGE_ACTION_COMPLETE",
     # Close codes
-    "CLOSE_UNAUTHORIZED",
-    "CLOSE_FORBIDDEN",
-    "CLOSE_NOT_FOUND",
+    "CLOSE_UNAUTHORIZED", "CLOSE_FORBIDDEN", "CLOSE_NOT_FOUND", "CLOSE_TOO_MANY_REQUESTS",
     "CLOSE_SERVER_ERROR",
     # Logging
-    "logger",
-    "JsonFormatter",
+    "logger", "JsonFormatter",
     # Authentication
-    "AuthenticationResult",
-    "ChanxSerializer",
-    "ChanxAuthView",  # noqa: F822 - built on first access, see __getattr__
-    "ChanxWebsocketAuthenticator",
+    "AuthenticationResult", "ChanxSerializer", "ChanxAuthView", "ChanxWebsocketAuthenticator",  # noqa: F822
     "DjangoAuthenticator",
     # Consumer
-    "ws_handler",
-    "event_handler",
-    "channel",
-    "AsyncJsonWebsocketConsumer",
-    # Routing and discovery
-    "include",
-    "path",
-    "re_path",
-    "RouteInfo",
-    "discover_routes",
-    # AsyncAPI and playground
-    "asyncapi_schema",
-    "playground_view",
-    "routes_view",
-    "asyncapi_view",
-    "urlpatterns",
+    "AsyncJsonWebsocketConsumer", "ws_handler", "event_handler", "channel",
+    # Routing, discovery, AsyncAPI and playground
+    "include", "path", "re_path", "RouteInfo", "discover_routes", "asyncapi_schema",
+    "playground_view", "routes_view", "asyncapi_view", "urlpatterns",
     # Testing
-    "WebsocketCommunicator",
-    "WebsocketTestCase",
-    "CapturedEvent",
-    "capture_events",
+    "WebsocketCommunicator", "WebsocketTestCase", "CapturedEvent", "capture_events",
+    "capture_broadcast_events",
 ]
+# fmt: on
 
 import asyncio
+import base64
 import contextlib
+import contextvars
 import dataclasses
 import functools
-import html
 import http
-import importlib
 import inspect
-import io
 import json
 import logging
 import operator
@@ -108,48 +76,41 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union
 
 from asgiref.sync import async_to_sync, sync_to_async
 from asgiref.testing import ApplicationCommunicator
-from channels.generic.websocket import (
-    AsyncJsonWebsocketConsumer as _ChannelsJsonConsumer,
-)
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer as _ChannelsJsonConsumer
 from channels.layers import get_channel_layer
-from channels.routing import ProtocolTypeRouter, URLRouter
 from django.core import checks
-from django.core.exceptions import ObjectDoesNotExist
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import setting_changed
 from django.db.backends.signals import connection_created
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.test import TestCase
-from django.urls import path as _django_path
-from django.urls import re_path as _django_re_path
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from django.urls import path, re_path
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
-from rest_framework import serializers
-from rest_framework.exceptions import APIException
-from rest_framework.request import ForcedAuthentication, Request
-from rest_framework.response import Response
 from typing_extensions import TypeVar as TypeVar_
 
-#: Actions of the built-in completion frames.
-ACTION_COMPLETE = "complete"
+if typing.TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponse
+    from django.test import TestCase
+    from rest_framework.request import Request
+
+#: Actions of the built-in completion frames (``MESSAGE_ACTION_COMPLETE``: chanx 2.x's name).
+ACTION_COMPLETE = MESSAGE_ACTION_COMPLETE = "complete"
 GROUP_ACTION_COMPLETE = "group_complete"
 EVENT_ACTION_COMPLETE = "event_complete"
 
-#: Close codes: 4000 + the HTTP status of the failed authentication.
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
+#: Close codes: 4000 + the HTTP status of the failed handshake.
+CLOSE_UNAUTHORIZED = 4401  # not authenticated: log in again
+CLOSE_FORBIDDEN = 4403  # authenticated, not allowed
+CLOSE_NOT_FOUND = 4404  # the URL's object does not exist
+CLOSE_TOO_MANY_REQUESTS = 4429  # a DRF throttle refused the handshake
 CLOSE_SERVER_ERROR = 4500
 
+#: Subprotocols: the one every chanx consumer speaks, and the prefix of a
+#: browser's token (``chanx.auth.<base64url of an Authorization header value>``).
+SUBPROTOCOL = "chanx"
+_AUTH_SUBPROTOCOL = "chanx.auth."
 #: Channel-layer message types chanx sends between consumers.
 _GROUP_TYPE = "chanx.group"
 _EVENT_TYPE = "chanx.event"
-#: Stands in the frame queue for a frame refused by the rate limit.
-_RATE_LIMITED: dict[str, Any] = {"type": "websocket.receive", "chanx": "rate limited"}
-#: Scope key the test communicator uses to force the authenticated user.
-#: Scopes are built by the server and middleware, never by the client.
-_FORCE_USER_KEY = "chanx.force_user"
 
 T = TypeVar("T")
 # A default, so ``class C(AsyncJsonWebsocketConsumer)`` (no events) is fine under
@@ -157,11 +118,11 @@ T = TypeVar("T")
 EventT = TypeVar_("EventT", default=Any)
 Scope = dict[str, Any]
 ASGIMessage = dict[str, Any]
+Ref = str | int | None
 
 
 ###############################################################################
 # Errors ######################################################################
-###############################################################################
 
 
 class ChanxError(Exception):
@@ -178,86 +139,64 @@ class InvalidEventError(ChanxError, TypeError):
 
 ###############################################################################
 # Settings ####################################################################
-###############################################################################
 
-DEFAULTS: dict[str, Any] = {
-    # Name of the discriminator field of every message.
-    "MESSAGE_ACTION_KEY": "action",
-    # camelCase keys on the way out, snake_case on the way in.
-    "CAMELIZE": False,
-    # Follow each client frame / group message / event with a completion frame.
-    "SEND_COMPLETION": False,
-    # Yield to the event loop after each send so frames leave at once.
-    "SEND_MESSAGE_IMMEDIATELY": True,
-    # Send the {"action": "authentication"} frame after connect.
-    "SEND_AUTHENTICATION_MESSAGE": True,
-    "LOG_RECEIVED_MESSAGE": True,
-    "LOG_SENT_MESSAGE": True,
-    "LOG_IGNORED_ACTIONS": (),
-    # Base URL the playground connects to; None: the page's own origin.
-    "WEBSOCKET_BASE_URL": None,
-    "ASYNCAPI_TITLE": "AsyncAPI Documentation",
-    "ASYNCAPI_DESCRIPTION": "",
-    "ASYNCAPI_VERSION": "1.0.0",
-    # Largest accepted incoming frame, in bytes.
-    "MAX_MESSAGE_SIZE": 1024 * 1024,
-    # Frames accepted but not yet handled, per connection; past it chanx
-    # stops reading from the socket (backpressure).
-    "MAX_IN_FLIGHT_MESSAGES": 64,
-    # Frames per second per connection (None: unlimited) and the burst above it.
-    "RATE_LIMIT": None,
-    "RATE_LIMIT_BURST": None,
-    # Who may open the playground and its JSON: "debug_or_staff", "staff",
-    # "public" or "off".
-    "PLAYGROUND_ACCESS": "debug_or_staff",
+#: ``settings.CHANX`` keys: default and accepted types.
+_SETTINGS: dict[str, tuple[Any, tuple[type, ...]]] = {
+    "MESSAGE_ACTION_KEY": ("action", (str,)),  # the discriminator's name on the wire
+    "CAMELIZE": (False, (bool,)),  # camelCase keys out, snake_case in
+    "SEND_COMPLETION": (False, (bool,)),  # complete / group_complete / event_complete frames
+    "SEND_MESSAGE_IMMEDIATELY": (True, (bool,)),  # yield to the loop after each send
+    "SEND_AUTHENTICATION_MESSAGE": (True, (bool,)),  # the {"action": "authentication"} frame
+    "LOG_RECEIVED_MESSAGE": (True, (bool,)),
+    "LOG_SENT_MESSAGE": (True, (bool,)),
+    "LOG_IGNORED_ACTIONS": ((), (list, tuple, set, frozenset)),
+    "WEBSOCKET_BASE_URL": (None, (str, type(None))),  # None: the host the page came from
+    "ASYNCAPI_TITLE": ("AsyncAPI Documentation", (str,)),
+    "ASYNCAPI_DESCRIPTION": ("", (str,)),
+    "ASYNCAPI_VERSION": ("1.0.0", (str,)),
+    "MAX_MESSAGE_SIZE": (1024 * 1024, (int,)),  # bytes of one incoming frame
+    "MAX_IN_FLIGHT_MESSAGES": (64, (int,)),  # frames waiting per connection (backpressure)
+    "BACKPRESSURE_TIMEOUT": (1.0, (int, float)),  # seconds of stopped reading before refusing
+    "RATE_LIMIT": (None, (int, float, type(None))),  # frames per second per connection
+    "RATE_LIMIT_BURST": (None, (int, float, type(None))),
+    "PLAYGROUND_ACCESS": ("debug_or_staff", (str,)),  # or "staff", "public", "off"
+    # chanx 2.x: LOG_WEBSOCKET_MESSAGE is the default of both LOG_*_MESSAGE, and
+    # the AsyncAPI server is ASYNCAPI_SERVER_PROTOCOL://ASYNCAPI_SERVER_URL.
+    "LOG_WEBSOCKET_MESSAGE": (None, (bool, type(None))),
+    "ASYNCAPI_SERVER_URL": (None, (str, type(None))),
+    "ASYNCAPI_SERVER_PROTOCOL": (None, (str, type(None))),
 }
-
-_SETTING_TYPES: dict[str, tuple[type, ...]] = {
-    "MESSAGE_ACTION_KEY": (str,),
-    "CAMELIZE": (bool,),
-    "SEND_COMPLETION": (bool,),
-    "SEND_MESSAGE_IMMEDIATELY": (bool,),
-    "SEND_AUTHENTICATION_MESSAGE": (bool,),
-    "LOG_RECEIVED_MESSAGE": (bool,),
-    "LOG_SENT_MESSAGE": (bool,),
-    "LOG_IGNORED_ACTIONS": (list, tuple, set, frozenset),
-    "WEBSOCKET_BASE_URL": (str, type(None)),
-    "ASYNCAPI_TITLE": (str,),
-    "ASYNCAPI_DESCRIPTION": (str,),
-    "ASYNCAPI_VERSION": (str,),
-    "MAX_MESSAGE_SIZE": (int,),
-    "MAX_IN_FLIGHT_MESSAGES": (int,),
-    "RATE_LIMIT": (int, float, type(None)),
-    "RATE_LIMIT_BURST": (int, float, type(None)),
-    "PLAYGROUND_ACCESS": (str,),
-}
+DEFAULTS: dict[str, Any] = {name: default for name, (default, _) in _SETTINGS.items()}
+_POSITIVE = ("MAX_MESSAGE_SIZE", "MAX_IN_FLIGHT_MESSAGES", "BACKPRESSURE_TIMEOUT", "RATE_LIMIT")
 _PLAYGROUND_ACCESS = ("debug_or_staff", "staff", "public", "off")
 
 
 def _setting_errors(user: Any) -> list[str]:
-    """Describe every problem of a ``settings.CHANX`` value (empty: fine)."""
+    """Every problem of a ``settings.CHANX`` value (empty: fine)."""
     if not isinstance(user, dict):
         return [f"settings.CHANX must be a dict, but got {type(user).__name__}."]
     problems = []
     for key, value in user.items():
-        if key not in DEFAULTS:
-            valid = ", ".join(sorted(DEFAULTS))
-            problems.append(f"Unknown key {key!r} in settings.CHANX. Valid keys: {valid}.")
-        elif not isinstance(value, _SETTING_TYPES[key]) or (
-            isinstance(value, bool) and bool not in _SETTING_TYPES[key]
-        ):
-            expected = " or ".join(t.__name__ for t in _SETTING_TYPES[key])
+        if key not in _SETTINGS:
+            problems.append(
+                f"Unknown key {key!r} in settings.CHANX. Valid keys: {', '.join(sorted(_SETTINGS))}."
+            )
+            continue
+        kinds = _SETTINGS[key][1]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            expected = " or ".join(t.__name__ for t in kinds)
             problems.append(
                 f"settings.CHANX[{key!r}] should be {expected}, but got {type(value).__name__}."
             )
-    for key in ("MAX_MESSAGE_SIZE", "MAX_IN_FLIGHT_MESSAGES", "RATE_LIMIT", "RATE_LIMIT_BURST"):
-        value = user.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+        elif (
+            key in (*_POSITIVE, "RATE_LIMIT_BURST")
+            and isinstance(value, (int, float))
+            and value <= 0
+        ):
             problems.append(f"settings.CHANX[{key!r}] must be positive, but got {value}.")
-    access = user.get("PLAYGROUND_ACCESS", "debug_or_staff")
-    if isinstance(access, str) and access not in _PLAYGROUND_ACCESS:
+    if user.get("PLAYGROUND_ACCESS", "debug_or_staff") not in _PLAYGROUND_ACCESS:
         problems.append(
-            f"settings.CHANX['PLAYGROUND_ACCESS'] is {access!r}; "
+            f"settings.CHANX['PLAYGROUND_ACCESS'] is {user['PLAYGROUND_ACCESS']!r}; "
             f"expected one of {', '.join(_PLAYGROUND_ACCESS)}."
         )
     return problems
@@ -269,7 +208,9 @@ class ChanxSettings:
     ``chanx_settings.SEND_COMPLETION`` returns the user's value or the
     default. The object is never replaced: ``override_settings(CHANX=...)``
     empties its cache through the ``setting_changed`` signal, so every
-    reference sees the new values (the lesson of DRF #5668).
+    reference sees the new values (the lesson of DRF #5668). A bad value is
+    a ``ChanxConfigError`` on first use, and ``manage.py check`` reports it
+    as ``chanx.E001`` when ``"chanx"`` is in ``INSTALLED_APPS``.
     """
 
     def __init__(self) -> None:
@@ -288,10 +229,17 @@ class ChanxSettings:
         return self._user
 
     def __getattr__(self, name: str) -> Any:
-        if name not in DEFAULTS:
-            valid = ", ".join(sorted(DEFAULTS))
+        if name not in _SETTINGS:
+            valid = ", ".join(sorted(_SETTINGS))
             raise AttributeError(f"Unknown chanx setting {name!r}. Valid settings: {valid}.")
-        value = self._user_settings().get(name, DEFAULTS[name])
+        user = self._user_settings()
+        value = user.get(name, DEFAULTS[name])
+        if name in ("LOG_RECEIVED_MESSAGE", "LOG_SENT_MESSAGE") and name not in user:
+            value = (
+                value
+                if user.get("LOG_WEBSOCKET_MESSAGE") is None
+                else user["LOG_WEBSOCKET_MESSAGE"]
+            )
         if name == "LOG_IGNORED_ACTIONS":
             value = frozenset(value)
         setattr(self, name, value)  # cached: later reads skip __getattr__
@@ -299,7 +247,7 @@ class ChanxSettings:
 
     def reload(self) -> None:
         """Forget cached values; the next read sees ``settings.CHANX`` again."""
-        for name in DEFAULTS:
+        for name in _SETTINGS:
             self.__dict__.pop(name, None)
         self._user = None
         self.version += 1
@@ -318,7 +266,7 @@ setting_changed.connect(_reload_settings)
 
 @checks.register("chanx")
 def _check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """Django system check: configuration mistakes reported once at start-up."""
+    """``manage.py check``: configuration mistakes reported once, at start-up."""
     from django.conf import settings
 
     return [
@@ -327,17 +275,8 @@ def _check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     ]
 
 
-def _resolve(value: T | None, setting: str) -> T:
-    """Class attribute if set, else the setting (which falls back to its default)."""
-    if value is not None:
-        return value
-    resolved: T = getattr(chanx_settings, setting)
-    return resolved
-
-
 ###############################################################################
 # Messages ####################################################################
-###############################################################################
 
 #: Every concrete message class by action, for typed reads in tests.
 _MESSAGE_REGISTRY: dict[str, list[type[BaseMessage]]] = {}
@@ -355,6 +294,9 @@ class BaseMessage(BaseModel):
             payload: ChatPayload
     """
 
+    # Validators are built on first use, not at import (import time of the app).
+    model_config = ConfigDict(defer_build=True)
+
     action: str
     payload: Any = None
 
@@ -366,30 +308,29 @@ class BaseMessage(BaseModel):
         super().__pydantic_init_subclass__(**kwargs)
         if abstract:
             return
-        actions = _literal_values(cls.model_fields["action"].annotation)
+        actions = _message_actions(cls)
         if not actions:
+            name = _to_snake(cls.__name__).lstrip("_")
             raise ChanxConfigError(
                 f"{cls.__module__}.{cls.__qualname__} needs a Literal action, e.g. "
-                f'action: Literal["{_to_snake(cls.__name__)}"] = "{_to_snake(cls.__name__)}"'
-                " (or abstract=True in the class statement for a base class)."
+                f'action: Literal["{name}"] = "{name}" (or abstract=True in the class '
+                "statement for a base class)."
             )
         for action in actions:
             _MESSAGE_REGISTRY.setdefault(action, []).append(cls)
 
 
-def _literal_values(annotation: Any) -> tuple[str, ...]:
-    if typing.get_origin(annotation) is Literal:
-        return tuple(str(v) for v in typing.get_args(annotation))
-    return ()
-
-
-def _message_actions(model: type[BaseModel], key: str = "action") -> tuple[str, ...]:
-    field = model.model_fields.get(key)
-    return _literal_values(field.annotation) if field is not None else ()
+def _message_actions(model: type[BaseModel]) -> tuple[str, ...]:
+    field = model.model_fields.get("action")
+    if field is None or typing.get_origin(field.annotation) is not Literal:
+        return ()
+    return tuple(str(value) for value in typing.get_args(field.annotation))
 
 
 class BaseIncomingMessage(BaseModel):
     """Early-style container: ``message`` is a union of accepted messages."""
+
+    model_config = ConfigDict(defer_build=True)
 
     message: BaseMessage
 
@@ -427,6 +368,8 @@ class ErrorMessage(BaseMessage):
 
 
 class AuthenticationPayload(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     status_code: int
     status_text: str
     data: Any = None
@@ -452,17 +395,7 @@ class EventCompleteMessage(BaseMessage):
     payload: None = None
 
 
-_COMPLETE, _GROUP_COMPLETE, _EVENT_COMPLETE = (
-    CompleteMessage(),
-    GroupCompleteMessage(),
-    EventCompleteMessage(),
-)
-_COMPLETION_TEXT: dict[str, str] = {
-    m.action: m.model_dump_json() for m in (_COMPLETE, _GROUP_COMPLETE, _EVENT_COMPLETE)
-}
-_BUILTIN_OUTGOING: tuple[type[BaseMessage], ...] = (
-    AuthenticationMessage,
-    ErrorMessage,
+_COMPLETIONS: tuple[type[BaseMessage], ...] = (
     CompleteMessage,
     GroupCompleteMessage,
     EventCompleteMessage,
@@ -496,18 +429,23 @@ def _union_adapter(models: Sequence[type[BaseModel]]) -> TypeAdapter[Any] | None
     return TypeAdapter(annotated[union, Field(discriminator="action")])
 
 
-# camelCase on the way out, snake_case on the way in, with no extra package.
+# The wire: camelCase and the action key. snake_case names round-trip
+# losslessly: an underscore goes only before a lowercase letter that follows
+# a letter or digit ("address_line_2" <-> "addressLine_2", "_id" stays), and
+# on the way in each capital becomes "_" + its lowercase. Names that are not
+# snake_case ("userID") do not round-trip.
+
+_JSON = TypeAdapter(Any)  # pydantic's JSON parser: its errors, whatever the settings
 
 
 @functools.lru_cache(maxsize=4096)
 def _to_camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+    return re.sub(r"(?<=[a-zA-Z0-9])_([a-z])", lambda m: m[1].upper(), name)
 
 
 @functools.lru_cache(maxsize=4096)
 def _to_snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+    return re.sub(r"[A-Z]", lambda m: "_" + m[0].lower(), name)
 
 
 def _convert_keys(value: Any, convert: Callable[[str], str]) -> Any:
@@ -521,52 +459,110 @@ def _convert_keys(value: Any, convert: Callable[[str], str]) -> Any:
     return value
 
 
-def _to_wire(data: Any, camelize: bool, key: str) -> Any:
-    """Python-side JSON -> what the client sees (``CAMELIZE``, ``MESSAGE_ACTION_KEY``)."""
-    if camelize:
-        data = _convert_keys(data, _to_camel)
-    if key != "action" and isinstance(data, dict) and "action" in data:
-        data = {(key if k == "action" else k): v for k, v in data.items()}
-    return data
+def _json_with(text: str, fields: dict[str, Any]) -> str:
+    """``text``, a JSON object chanx serialised, with ``fields`` added at its end."""
+    extra = json.dumps(fields, separators=(",", ":"))[1:]
+    return text[:-1] + ("," if len(text) > 2 else "") + extra
 
 
-def _from_wire(data: Any, camelize: bool, key: str) -> Any:
-    """The client's JSON -> the field names of the message models."""
-    if key != "action" and isinstance(data, dict):  # only the configured key counts
-        data = {("action" if k == key else k): v for k, v in data.items() if k != "action"}
-    return _convert_keys(data, _to_snake) if camelize else data
+@dataclasses.dataclass(frozen=True)
+class _Wire:
+    """How frames look to a client: ``CAMELIZE`` and ``MESSAGE_ACTION_KEY``.
+
+    Python code always sees snake_case field names and ``action``; every
+    frame in and out goes through one instance of this class.
+    """
+
+    camelize: bool = False
+    key: str = "action"
+
+    @property
+    def plain(self) -> bool:
+        return not self.camelize and self.key == "action"
+
+    def name(self, field: str, top: bool = True) -> str:
+        """A field name as the client sees it (``top``: of the frame itself)."""
+        if top and field == "action":
+            return self.key
+        return _to_camel(field) if self.camelize else field
+
+    def out(self, data: Any) -> Any:
+        """Python-side JSON -> what the client sees."""
+        if self.camelize:
+            data = _convert_keys(data, _to_camel)
+        if self.key != "action" and isinstance(data, dict) and "action" in data:
+            data = {(self.key if k == "action" else k): v for k, v in data.items()}
+        return data
+
+    def into(self, data: Any) -> Any:
+        """The client's JSON -> the field names of the message models."""
+        if self.key != "action" and isinstance(data, dict):  # only the configured key counts
+            data = {("action" if k == self.key else k): v for k, v in data.items() if k != "action"}
+        return _convert_keys(data, _to_snake) if self.camelize else data
+
+    def dump(self, message: BaseModel, exclude: set[str] | None = None) -> str:
+        """A message as a text frame."""
+        if self.plain:
+            return message.model_dump_json(exclude=exclude)
+        return json.dumps(self.out(message.model_dump(mode="json", exclude=exclude)))
+
+    def load(self, text: str, adapter: TypeAdapter[Any]) -> Any:
+        """Validate a text frame (``ValidationError`` if bad).
+
+        A frame's ``ref`` is set on ``_FRAME_REF`` before validation, so that
+        everything the frame causes carries it, its error frames included.
+        """
+        if self.plain and '"ref"' not in text:
+            return adapter.validate_json(text)  # straight from the text: the fast path
+        data = _JSON.validate_json(text)
+        if not isinstance(data, dict):
+            return adapter.validate_json(text)  # the very same error as the fast path
+        ref = data.pop("ref", None)
+        if isinstance(ref, (str, int)) and not isinstance(ref, bool):
+            _FRAME_REF.set(ref)
+        return adapter.validate_python(self.into(data))
+
+    def errors(self, error: ValidationError, tags: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Pydantic errors a client may see: wire names, no input echoed, bounded.
+
+        Pydantic's text for an unknown tag repeats the client's value, and a
+        ``loc`` can hold keys of the client's JSON; both are replaced.
+        """
+        cleaned = []
+        for item in error.errors(include_input=False, include_url=False)[:20]:
+            kind, msg = item["type"], item["msg"]
+            if kind == "union_tag_invalid":
+                msg = f"Unknown action; expected one of: {item.get('ctx', {}).get('expected_tags', '')}"
+            elif kind == "union_tag_not_found":
+                msg = f"Missing {self.key!r} field"
+            loc: list[Any] = list(item["loc"][:10])
+            start = 1 if loc and loc[0] in tags else 0  # a union's tag leads the loc
+            for i, part in enumerate(loc[start:], start):
+                if isinstance(part, str):
+                    part = self.name(part, top=i == start)
+                    loc[i] = part if _FIELD_NAME.fullmatch(part) else "<key>"
+            cleaned.append({"type": kind, "loc": loc, "msg": msg})
+        return cleaned
+
+    def schema(self, schema: dict[str, Any], message: bool) -> dict[str, Any]:
+        """A model's JSON schema as it looks on the wire (``message``: a frame's,
+        whose action is always there)."""
+        properties = schema.get("properties", {})
+        names = {name: self.name(name, top=message) for name in properties}
+        required = [names[n] for n in schema.get("required", [])]
+        if message and self.key not in required:
+            required.insert(0, self.key)
+        wire = {**schema, "properties": {names[k]: v for k, v in properties.items()}}
+        return {**wire, "required": required} if required else wire
 
 
 _FIELD_NAME = re.compile(r"[A-Za-z_][\w-]{0,63}")
-
-
-def _clean_errors(
-    error: ValidationError, key: str = "action", limit: int = 20
-) -> list[dict[str, Any]]:
-    """Pydantic errors a client may see: no input echoed, bounded in size.
-
-    Pydantic's text for an unknown tag repeats the client's value, and a
-    ``loc`` can hold keys of the client's JSON; both are replaced.
-    """
-    cleaned = []
-    for item in error.errors(include_input=False, include_url=False)[:limit]:
-        kind, msg = item["type"], item["msg"]
-        if kind == "union_tag_invalid":
-            expected = item.get("ctx", {}).get("expected_tags", "")
-            msg = f"Unknown action; expected one of: {expected}"
-        elif kind == "union_tag_not_found":
-            msg = f"Missing {key!r} field"
-        loc = [
-            part if not isinstance(part, str) or _FIELD_NAME.fullmatch(part) else "<key>"
-            for part in item["loc"][:10]
-        ]
-        cleaned.append({"type": kind, "loc": loc, "msg": msg})
-    return cleaned
+#: The ``ref`` of the client frame being handled (per task: the frame worker's).
+_FRAME_REF: contextvars.ContextVar[Ref] = contextvars.ContextVar("chanx_ref", default=None)
 
 
 ###############################################################################
 # Logging #####################################################################
-###############################################################################
 
 logger = logging.getLogger("chanx")
 
@@ -607,16 +603,14 @@ def _log_context(consumer: AsyncJsonWebsocketConsumer[Any], **extra: Any) -> dic
         "path": consumer.scope.get("path", ""),
         "client": f"{client[0]}:{client[1]}",
     }
-    user = getattr(consumer, "user", None)
-    if user is not None and getattr(user, "is_authenticated", False):
-        context["user_id"] = str(user.pk)
+    if consumer._user_key is not None:
+        context["user_id"] = consumer._user_key
     context.update(extra)
     return context
 
 
 ###############################################################################
 # Authentication ##############################################################
-###############################################################################
 
 
 @dataclasses.dataclass
@@ -631,49 +625,54 @@ class AuthenticationResult:
     obj: Any = None
 
 
-class ChanxSerializer(serializers.Serializer[Any]):
-    """Serializer of the authentication view (it validates nothing)."""
-
-
 @functools.cache
-def _auth_view_class() -> type[Any]:
-    # DRF's views read settings while their module is imported, so the view
-    # class is built on first use and chanx imports without configured settings.
+def _drf_classes() -> tuple[type[Any], type[Any]]:
+    """``ChanxSerializer`` and ``ChanxAuthView``, built on first use.
+
+    DRF's views read settings while their module is imported, so chanx
+    imports them only when a handshake needs them.
+    """
+    from rest_framework import serializers
     from rest_framework.generics import GenericAPIView
+    from rest_framework.response import Response
+
+    class ChanxSerializer(serializers.Serializer[Any]):
+        """Serializer of the authentication view (it validates nothing)."""
 
     class ChanxAuthView(GenericAPIView):  # type: ignore[type-arg]
-        """The DRF view a websocket handshake is checked with.
-
-        It runs exactly what a REST view runs before its handler:
-        authentication, permissions, throttles, and ``get_object()`` with
-        object permissions when a queryset is configured.
-        """
+        """The DRF view a websocket handshake is checked with: authentication,
+        permissions, throttles, and ``get_object()`` with object permissions
+        when a queryset is set, exactly what a REST view runs first."""
 
         serializer_class = ChanxSerializer
 
-        def get_response(self, request: Request) -> Response:
-            return Response({"detail": "OK"})
-
         def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-            return self.get_response(request)
+            return Response({"detail": "OK"})
 
         post = put = patch = delete = get
 
-    return ChanxAuthView
+    return ChanxSerializer, ChanxAuthView
 
 
-def __getattr__(name: str) -> Any:  # PEP 562: lazily built public names
-    if name == "ChanxAuthView":
-        return _auth_view_class()
-    raise AttributeError(f"module 'chanx' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), "ChanxAuthView"])
-
-
+#: Users forced by the test communicator (``user=``), by the random key it puts
+#: in the scope: a scope built by a server or middleware names no entry.
+_FORCED_USERS: dict[str, Any] = {}
+_FORCE_USER_KEY = "chanx.force_user"
 _HTTP_SCHEMES = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
 _REQUEST_SCOPE_KEYS = ("path", "raw_path", "root_path", "query_string", "client", "server")
+
+
+def _subprotocol_authorization(scope: Scope) -> bytes | None:
+    """The ``Authorization`` value a browser sent as ``chanx.auth.<base64url>``."""
+    for protocol in scope.get("subprotocols") or ():
+        if isinstance(protocol, str) and protocol.startswith(_AUTH_SUBPROTOCOL):
+            encoded = protocol[len(_AUTH_SUBPROTOCOL) :]
+            try:
+                value = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            except ValueError:
+                return None
+            return value if value.isascii() and value.decode().isprintable() else None
+    return None
 
 
 def _build_request(scope: Scope, method: str) -> HttpRequest:
@@ -681,15 +680,25 @@ def _build_request(scope: Scope, method: str) -> HttpRequest:
 
     Django's own ASGIRequest parses the scope: every header (repeated ones
     joined as HTTP does), cookies, the query string, REMOTE_ADDR, server
-    name and port; ``wss`` becomes ``https`` so ``is_secure()`` is right.
+    name and port; ``wss`` becomes ``https`` so ``is_secure()`` is right. A
+    token offered as a subprotocol is its ``Authorization`` header, unless
+    the handshake has a real one.
     """
+    import io
+
+    from django.core.handlers.asgi import ASGIRequest
+
     headers = scope.get("headers", [])
+    names = {name.lower() for name, _ in headers}
     cookies = [v for k, v in headers if k.lower() == b"cookie"]
     if len(cookies) > 1:  # HTTP/2 splits cookies over headers; they join with "; "
         headers = [
             *((k, v) for k, v in headers if k.lower() != b"cookie"),
             (b"cookie", b"; ".join(cookies)),
         ]
+    token = None if b"authorization" in names else _subprotocol_authorization(scope)
+    if token is not None:
+        headers = [*headers, (b"authorization", token)]
     # Only what ASGIRequest reads: the request outlives the handshake.
     http_scope = {key: scope[key] for key in _REQUEST_SCOPE_KEYS if key in scope}
     http_scope.update(
@@ -716,11 +725,14 @@ class ChanxWebsocketAuthenticator:
             permission_classes = [IsAuthenticated, IsRoomMember]
             queryset = Room.objects.all()   # object looked up from the URL kwarg
 
-    After ``authenticate()``: ``user``, ``obj`` and ``request``.
+    After ``authenticate()``: ``user``, ``obj`` and ``request``. Not
+    authenticated is always 401, whatever DRF's HTTP rule about
+    ``WWW-Authenticate`` says; denied is 403, no object 404, throttled 429.
     """
 
     authentication_classes: ClassVar[Sequence[Any] | None] = None
     permission_classes: ClassVar[Sequence[Any] | None] = None
+    throttle_classes: ClassVar[Sequence[Any] | None] = None
     queryset: ClassVar[Any] = None
     lookup_field: ClassVar[str | None] = None
     lookup_url_kwarg: ClassVar[str | None] = None
@@ -730,6 +742,7 @@ class ChanxWebsocketAuthenticator:
     OPTIONS: ClassVar[tuple[str, ...]] = (
         "authentication_classes",
         "permission_classes",
+        "throttle_classes",
         "queryset",
         "lookup_field",
         "lookup_url_kwarg",
@@ -742,13 +755,12 @@ class ChanxWebsocketAuthenticator:
         self.request: Request | None = None
 
     async def authenticate(self, scope: Scope) -> AuthenticationResult:
-        """Run DRF once, in a worker thread with Django's DB connection handling."""
+        """Run DRF once, in the ORM's thread, closing stale DB connections around it."""
         result: AuthenticationResult = await sync_to_async(self._authenticate_cleanly)(scope)
         return result
 
     def _authenticate_cleanly(self, scope: Scope) -> AuthenticationResult:
-        # As Channels' database_sync_to_async, but sparing a test's transaction.
-        _close_old_connections()
+        _close_old_connections()  # as Channels' database_sync_to_async does
         try:
             return self.authenticate_sync(scope)
         finally:
@@ -756,30 +768,27 @@ class ChanxWebsocketAuthenticator:
 
     def build_view(self, request: HttpRequest, kwargs: dict[str, Any]) -> Any:
         """The configured ``ChanxAuthView`` instance for one handshake."""
-        view = _auth_view_class()()
-        for name in ("authentication_classes", "permission_classes", "queryset"):
-            value = getattr(self, name)
-            if value is not None and value is not True:
-                setattr(view, name, value)
-        if self.lookup_field is not None:
-            view.lookup_field = self.lookup_field
-        if self.lookup_url_kwarg is not None:
-            view.lookup_url_kwarg = self.lookup_url_kwarg
-        view.args, view.kwargs, view.format_kwarg = (), kwargs, None
-        view.headers = {}
+        view = _drf_classes()[1]()
+        for name in self.OPTIONS[:-1]:  # all but auth_method: the view's own attributes
+            if getattr(self, name) is not None:
+                setattr(view, name, getattr(self, name))
+        view.args, view.kwargs, view.format_kwarg, view.headers = (), kwargs, None, {}
         return view
 
     def authenticate_sync(self, scope: Scope) -> AuthenticationResult:
         """Authenticate, check permissions and throttles, look up the object."""
+        from django.core.exceptions import PermissionDenied
+        from django.http import Http404
+        from rest_framework import exceptions
+        from rest_framework.request import ForcedAuthentication
+
         kwargs = dict(scope.get("url_route", {}).get("kwargs", {}))
         django_request = _build_request(scope, self.auth_method)
         view = self.build_view(django_request, kwargs)
-        forced = scope.get(_FORCE_USER_KEY)
+        forced = _FORCED_USERS.get(scope.get(_FORCE_USER_KEY, ""))
         if forced is not None:
             view.get_authenticators = lambda: [ForcedAuthentication(forced, None)]
-        request = view.initialize_request(django_request)
-        view.request = request
-        self.request = request
+        request = self.request = view.request = view.initialize_request(django_request)
         try:
             # APIView.initial() without content negotiation: no response to render.
             request.version, request.versioning_scheme = view.determine_version(request)
@@ -796,11 +805,13 @@ class ChanxWebsocketAuthenticator:
                         "lookup_url_kwarg or fix the route."
                     )
                 obj = view.get_object()
-        except (Http404, ObjectDoesNotExist):
-            return self._failure(404, {"detail": "Not found."})
-        except (APIException, DjangoPermissionDenied) as exc:  # anything else: a 500
-            response = view.handle_exception(exc)  # DRF's status code, header and detail
-            return self._failure(response.status_code, response.data)
+        except (exceptions.APIException, Http404, PermissionDenied) as exc:
+            response = view.handle_exception(exc)  # DRF's detail (and EXCEPTION_HANDLER)
+            unauthenticated = (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)
+            status = 401 if isinstance(exc, unauthenticated) else response.status_code
+            data = response.data if isinstance(response.data, dict) else {"detail": response.data}
+            text = http.HTTPStatus(status).phrase
+            return AuthenticationResult(False, status, text, _plain(data))
         self.user, self.obj = request.user, obj
         # The request lives as long as the connection; the view and the
         # authenticators that were tried need not (memory per connection).
@@ -808,368 +819,32 @@ class ChanxWebsocketAuthenticator:
         request.authenticators = ()
         return AuthenticationResult(True, 200, "OK", {"detail": "OK"}, self.user, obj)
 
-    def _failure(self, status_code: int, data: Any) -> AuthenticationResult:
-        text = http.HTTPStatus(status_code).phrase
-        if not isinstance(data, dict):
-            data = {"detail": data}
-        return AuthenticationResult(False, status_code, text, dict(data))
-
 
 #: Seed 003's name for the authenticator.
 DjangoAuthenticator = ChanxWebsocketAuthenticator
 
 
+def _plain(data: Any) -> Any:
+    """DRF error data (ErrorDetail, lazy strings) as plain JSON types."""
+    return json.loads(json.dumps(data, default=str))
+
+
 ###############################################################################
 # Consumer ####################################################################
-###############################################################################
-
-# Database hygiene without a thread hop per frame. Channels runs
-# close_old_connections() on a worker thread before every message (a thread
-# hop of 60-150 us, on one shared thread). chanx remembers the thread its own
-# sync code (authentication, cleanup) last ran on, which is the thread the
-# ORM's async calls run on, watches that thread's connections from the event
-# loop, and hops there only when one is obsolete (CONN_MAX_AGE), errored or
-# out of autocommit: the cases close_old_connections() acts on. A connection
-# inside a transaction is never closed (a TestCase's, in tests).
-
-
-class _OrmThread:
-    """The ORM thread and its connections (a few wrappers, one per alias)."""
-
-    ident: int | None = None
-    connections: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def _adopt_orm_thread() -> None:
-    """Called by chanx's sync code: this thread is where the ORM runs."""
-    ident = threading.get_ident()
-    if _OrmThread.ident != ident:
-        from django.db import connections
-
-        _OrmThread.ident = ident
-        _OrmThread.connections = weakref.WeakSet(connections.all(initialized_only=True))
-
-
-def _watch_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
-    if threading.get_ident() == _OrmThread.ident:
-        _OrmThread.connections.add(connection)  # a set: a reconnection adds nothing
-
-
-connection_created.connect(_watch_connection)
-
-
-def _close_old_connections() -> None:
-    """``close_old_connections()`` on this thread, sparing open transactions."""
-    from django.db import connections
-
-    _adopt_orm_thread()
-    for conn in connections.all(initialized_only=True):
-        if not conn.in_atomic_block:
-            conn.close_if_unusable_or_obsolete()
-
-
-def _db_needs_cleanup() -> bool:
-    if _OrmThread.ident is None:
-        return True  # not known yet: the first hop finds it
-    now = 0.0
-    for conn in _OrmThread.connections:
-        if conn.connection is None or conn.in_atomic_block:
-            continue
-        if conn.errors_occurred or conn.autocommit != conn.settings_dict["AUTOCOMMIT"]:
-            return True
-        if conn.close_at is not None:
-            now = now or time.monotonic()
-            if now >= conn.close_at:
-                return True
-        conn.health_check_done = False  # what close_old_connections does to a healthy one
-    return False
-
-
-async def _ensure_db_hygiene() -> None:
-    """Close stale DB connections before user code runs, hopping only if needed."""
-    if _db_needs_cleanup():
-        await sync_to_async(_close_old_connections)()
-
-
-# Handlers are marked by decorators and collected once per class.
-
-
-@dataclasses.dataclass(frozen=True)
-class _HandlerSpec:
-    kind: Literal["ws", "event"]
-    action: str | None = None
-    summary: str | None = None
-    description: str | None = None
-    tags: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Handler:
-    name: str  # method name
-    spec: _HandlerSpec
-    accepts: tuple[type[BaseModel], ...]
-    returns: tuple[type[BaseModel], ...]
-    actions: tuple[str, ...]
-
-
-_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
-
-
-def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn)
-
-
-class _HandlerMarker:
-    """``@ws_handler`` / ``@event_handler``, bare or with keyword arguments."""
-
-    def __init__(self, kind: Literal["ws", "event"], doc: str) -> None:
-        self.kind = kind
-        self.__doc__ = doc
-
-    @typing.overload
-    def __call__(self, func: _F, /) -> _F: ...
-    @typing.overload
-    def __call__(
-        self,
-        /,
-        *,
-        action: str | None = None,
-        summary: str | None = None,
-        description: str | None = None,
-        tags: Iterable[str] | None = None,
-    ) -> Callable[[_F], _F]: ...
-    def __call__(
-        self,
-        func: _F | None = None,
-        /,
-        *,
-        action: str | None = None,
-        summary: str | None = None,
-        description: str | None = None,
-        tags: Iterable[str] | None = None,
-    ) -> Any:
-        def mark(fn: _F) -> _F:
-            if not _is_async(fn):
-                raise ChanxConfigError(f"Handler {fn.__qualname__} must be an async def method.")
-            doc = inspect.getdoc(fn)
-            first_line = doc.splitlines()[0] if doc else None
-            spec = _HandlerSpec(
-                self.kind, action, summary or first_line, description or doc, tuple(tags or ())
-            )
-            fn.__chanx_handler__ = spec  # type: ignore[attr-defined]
-            return fn
-
-        return mark(func) if func is not None else mark
-
-
-ws_handler = _HandlerMarker(
-    "ws",
-    """Mark ``async def handle_x(self, message: XMessage) -> Reply | None``.
-
-    The argument's type (or union) is what the consumer accepts for it; a
-    returned message is sent to the client. ``action`` narrows a handler to
-    one action of its argument's type; ``summary``, ``description`` (default:
-    the docstring) and ``tags`` document it.
-    """,
-)
-event_handler = _HandlerMarker(
-    "event",
-    """Mark ``async def on_x(self, event: XEvent) -> Message | None`` for server events.
-
-    Same arguments as ``ws_handler``; a returned message is sent to the client.
-    """,
-)
-
-
-_C = TypeVar("_C", bound=type)
-
-
-def channel(
-    name: str | None = None, description: str | None = None, tags: Iterable[str] | None = None
-) -> Callable[[_C], _C]:
-    """Name and describe a consumer for the AsyncAPI document and the playground."""
-
-    def decorate(cls: _C) -> _C:
-        cls.__chanx_channel__ = {  # type: ignore[attr-defined]
-            "name": name,
-            "description": description,
-            "tags": tuple(tags or ()),
-        }
-        return cls
-
-    return decorate
-
-
-def _handler_types(cls: type, fn: Callable[..., Any]) -> tuple[list[type[BaseModel]], list[Any]]:
-    """The message types a handler accepts, and those it returns."""
-    module = sys.modules.get(fn.__module__)
-    try:
-        hints = typing.get_type_hints(fn, globalns=vars(module) if module else None)
-    except Exception as exc:
-        raise ChanxConfigError(
-            f"Cannot read the type hints of {cls.__qualname__}.{fn.__name__}: {exc}. "
-            "Define the message classes before the consumer."
-        ) from exc
-    params = [p for p in inspect.signature(fn).parameters.values()][1:]
-    if len(params) != 1 or params[0].name not in hints:
-        raise ChanxConfigError(
-            f"{cls.__qualname__}.{fn.__name__} must take exactly one annotated "
-            "argument, the message, e.g. (self, message: PingMessage)."
-        )
-    accepts = _message_types(hints[params[0].name])
-    returns = _message_types(hints.get("return"))
-    return accepts, returns
-
-
-@dataclasses.dataclass
-class _ConsumerMeta:
-    """Everything chanx derives from a consumer class, built once per class."""
-
-    ws_handlers: dict[str, _Handler]
-    event_handlers: dict[str, _Handler]
-    incoming: tuple[type[BaseModel], ...]
-    events: tuple[type[BaseModel], ...]
-    outgoing: tuple[type[BaseModel], ...]
-    adapters: dict[str, TypeAdapter[Any] | None] = dataclasses.field(default_factory=dict)
-
-    def adapter(self, which: Literal["incoming", "events"]) -> TypeAdapter[Any] | None:
-        """The cached adapter over the accepted messages or events (built on first use)."""
-        if which not in self.adapters:
-            self.adapters[which] = _union_adapter(getattr(self, which))
-        return self.adapters[which]
-
-
-def _build_meta(cls: type[AsyncJsonWebsocketConsumer[Any]]) -> _ConsumerMeta:
-    functions: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):  # subclasses override by name
-        functions.update(vars(klass))
-    handlers: dict[str, dict[str, _Handler]] = {"ws": {}, "event": {}}
-    accepted: dict[str, list[type[BaseModel]]] = {"ws": [], "event": []}
-    outgoing: list[type[BaseModel]] = [*_BUILTIN_OUTGOING]
-    for name, fn in functions.items():
-        spec = getattr(fn, "__chanx_handler__", None)
-        if not isinstance(spec, _HandlerSpec):
-            continue
-        accepts, returns = _handler_types(cls, fn)
-        actions = tuple(a for m in accepts for a in _message_actions(m))
-        if spec.action is not None:
-            if spec.action not in actions:
-                raise ChanxConfigError(
-                    f"{cls.__qualname__}.{name}: action {spec.action!r} is not an action "
-                    f"of its argument type (which has {', '.join(actions)})."
-                )
-            actions = (spec.action,)
-        handler = _Handler(name, spec, tuple(accepts), tuple(returns), actions)
-        for action in actions:
-            other = handlers[spec.kind].get(action)
-            if other is not None:
-                raise ChanxConfigError(
-                    f"{cls.__qualname__}: two handlers for action {action!r}: "
-                    f"{other.name} and {name}. Keep one."
-                )
-            handlers[spec.kind][action] = handler
-        accepted[spec.kind].extend(accepts)
-        outgoing.extend(returns)
-    accepted["ws"].extend(_message_types(getattr(cls, "INCOMING_MESSAGE_SCHEMA", None)))
-    for klass in cls.__mro__:  # the generic parameter: Consumer[EventA | EventB]
-        for base in klass.__dict__.get("__orig_bases__", ()):
-            if typing.get_origin(base) is AsyncJsonWebsocketConsumer:
-                accepted["event"].extend(_message_types(typing.get_args(base)[0]))
-    outgoing.extend(_message_types(getattr(cls, "OUTGOING_GROUP_MESSAGE_SCHEMA", None)))
-    for kind, models in accepted.items():
-        seen: dict[str, type[BaseModel]] = {}
-        for model in dict.fromkeys(models):
-            for action in _message_actions(model):
-                if seen.setdefault(action, model) is not model:
-                    raise ChanxConfigError(
-                        f"{cls.__qualname__} accepts two {kind} types with action "
-                        f"{action!r}: {seen[action].__qualname__} and {model.__qualname__}."
-                    )
-    return _ConsumerMeta(
-        handlers["ws"],
-        handlers["event"],
-        tuple(dict.fromkeys(accepted["ws"])),
-        tuple(dict.fromkeys(accepted["event"])),
-        tuple(dict.fromkeys(outgoing)),
-    )
-
-
-_FLAGS = (
-    "send_completion",
-    "send_message_immediately",
-    "send_authentication_message",
-    "log_received_message",
-    "log_sent_message",
-    "log_ignored_actions",
-    "camelize",
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Config:
-    """A consumer's flags and limits: attribute -> ``settings.CHANX`` -> default.
-
-    Resolved once per class and settings version and shared by its
-    connections (an instance that sets a flag itself gets its own).
-    """
-
-    send_completion: bool
-    send_message_immediately: bool
-    send_authentication_message: bool
-    log_received_message: bool
-    log_sent_message: bool
-    ignored: frozenset[str]
-    camelize: bool
-    action_key: str
-    plain_wire: bool  # no key translation: validate and dump the JSON text directly
-    max_size: int
-    max_in_flight: int
-    rate: float | None
-    burst: float
-    incoming: TypeAdapter[Any] | None
-
-    @classmethod
-    def of(cls, consumer: AsyncJsonWebsocketConsumer[Any]) -> _Config:
-        klass = type(consumer)
-        own = not consumer.__dict__.keys().isdisjoint(_FLAGS)
-        cached = klass._chanx_config
-        if not own and cached is not None and cached[0] == chanx_settings.version:
-            return cached[1]
-        camelize: bool = _resolve(consumer.camelize, "CAMELIZE")
-        key = chanx_settings.MESSAGE_ACTION_KEY
-        rate = chanx_settings.RATE_LIMIT
-        config = cls(
-            _resolve(consumer.send_completion, "SEND_COMPLETION"),
-            _resolve(consumer.send_message_immediately, "SEND_MESSAGE_IMMEDIATELY"),
-            _resolve(consumer.send_authentication_message, "SEND_AUTHENTICATION_MESSAGE"),
-            _resolve(consumer.log_received_message, "LOG_RECEIVED_MESSAGE"),
-            _resolve(consumer.log_sent_message, "LOG_SENT_MESSAGE"),
-            frozenset(_resolve(consumer.log_ignored_actions, "LOG_IGNORED_ACTIONS")),
-            camelize,
-            key,
-            not camelize and key == "action",
-            chanx_settings.MAX_MESSAGE_SIZE,
-            max(1, chanx_settings.MAX_IN_FLIGHT_MESSAGES),
-            rate,
-            max(1.0, float(chanx_settings.RATE_LIMIT_BURST or rate or 1)),  # 1 frame at least
-            klass._chanx_meta.adapter("incoming"),
-        )
-        if not own:
-            klass._chanx_config = (chanx_settings.version, config)
-        return config
 
 
 class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # type: ignore[misc]
     """A websocket consumer with DRF auth, typed messages, groups and events.
 
-    The life of a connection, in order: ``websocket_connect`` accepts,
-    authenticates (``authenticate()``), joins ``groups`` + ``build_groups()``,
-    calls ``post_authentication()`` and sends the authentication frame. Each
-    text frame is then validated against the union of the accepted message
-    types and handed to its ``@ws_handler`` (or ``receive_message``), one at a
-    time in arrival order, on a worker task: a slow handler delays neither
-    group messages and events (read by their own task) nor the disconnect,
-    which cancels and awaits every task of the connection.
+    The life of a connection, in order: ``websocket_connect`` authenticates
+    (``authenticate()``), joins ``groups`` + ``build_groups()``, accepts the
+    socket (with the ``chanx`` subprotocol when offered), calls
+    ``post_authentication()`` and sends the authentication frame. Each text
+    frame is then validated against the union of the accepted message types
+    and handed to its ``@ws_handler`` (or ``receive_message``), one at a time
+    in arrival order, on a worker task: a slow handler delays neither group
+    messages and events (read by their own task) nor the disconnect, which
+    cancels and awaits every task of the connection.
 
     The generic parameter is the union of server-side events it accepts:
     ``class Chat(AsyncJsonWebsocketConsumer[JoinEvent | LeaveEvent])``.
@@ -1184,6 +859,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     authenticator_class: ClassVar[type[ChanxWebsocketAuthenticator]] = ChanxWebsocketAuthenticator
     authentication_classes: ClassVar[Sequence[Any] | None] = None
     permission_classes: ClassVar[Sequence[Any] | None] = None
+    throttle_classes: ClassVar[Sequence[Any] | None] = None
     queryset: ClassVar[Any] = None
     lookup_field: ClassVar[str | None] = None
     lookup_url_kwarg: ClassVar[str | None] = None
@@ -1191,6 +867,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
 
     #: Groups to join: set a list on the class; each connection gets its own copy.
     groups: list[str]
+    #: Subprotocols this consumer speaks; the first one the client offers is accepted.
+    subprotocols: ClassVar[Sequence[str]] = (SUBPROTOCOL,)
 
     # Behaviour flags: None means "use settings.CHANX".
     send_completion: bool | None = None
@@ -1201,98 +879,150 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     log_ignored_actions: Iterable[str] | None = None
     camelize: bool | None = None
 
+    # After connect (class-level defaults keep an idle connection small).
+    user: Any = None
+    obj: Any = None
+    request: Request | None = None
+    authenticator: Any = None
+
     _chanx_meta: ClassVar[_ConsumerMeta]
     _chanx_authenticator: ClassVar[type[ChanxWebsocketAuthenticator] | None] = None
     _chanx_config: ClassVar[tuple[int, _Config] | None] = None
-    # Per connection, set by _setup_connection().
+    # Per connection; set when they first change.
     _cfg: _Config
-    _conn_id: str
-    _tokens: float
-    _last_refill: float
+    _conn_id = ""
+    _user_key: str | None = None  # str(user.pk) when authenticated: is_mine, the log
+    _open = False  # authenticated and reading frames
+    _closed = False  # closed (or gone): nothing more is handled or sent
+    _left = False  # tasks stopped and groups left
+    _stalled = False  # the queue stayed full past BACKPRESSURE_TIMEOUT
+    _frames: _Frames | None = None  # made on the first frame
+    _worker: asyncio.Task[None] | None = None
+    _layer_reader: asyncio.Task[None] | None = None
+    _relayed: deque[str] | None = None  # ids of multi-group messages
+    _frame_seq = 0
+    _tokens = 0.0
+    _last_refill = 0.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        for klass in cls.__mro__[: cls.__mro__.index(AsyncJsonWebsocketConsumer)]:
+            for name in _CHANNELS_HOOKS.keys() & vars(klass).keys():
+                raise ChanxConfigError(
+                    f"{klass.__qualname__}.{name}() is a Channels hook that chanx never "
+                    f"calls; override {_CHANNELS_HOOKS[name]} instead."
+                )
+        if "handle_validation_error" in vars(cls):  # chanx 2.x's name
+            cls.on_validation_error = vars(cls)["handle_validation_error"]  # type: ignore[method-assign]
         cls._chanx_meta = _build_meta(cls)
         cls._chanx_authenticator = cls._chanx_config = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.groups = list(getattr(type(self), "groups", None) or ())
-        self.user: Any = None
-        self.obj: Any = None
-        self.request: Request | None = None
-        self.authenticator: Any = None
-        self._closed = False
-        self._open = False  # authenticated and reading frames
-        self._left = False  # tasks stopped and groups left
-        self._relayed: deque[str] | None = None  # ids of multi-group messages
-        self._frames: deque[ASGIMessage] | None = None  # made on the first frame
-        self._pending = 0
-        self._room: asyncio.Event | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._layer_reader: asyncio.Task[None] | None = None
-        self._frame_seq = 0
-        self._user_key: str | None = None
-        self._conn_id = ""
 
-    # The connection loop ###################################################
+    # The connection ########################################################
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        """Read the client's messages; frames go to the worker, in order."""
-        self.scope = scope
-        self.base_send = send
+        """Read the client: the connect, each frame (queued for the worker), the disconnect.
+
+        Backpressure: while ``MAX_IN_FLIGHT_MESSAGES`` frames wait, reading
+        stops until a handler finishes. If none finishes within
+        ``BACKPRESSURE_TIMEOUT``, reading goes on and each further frame is
+        refused with an error frame until there is room again, so a stuck
+        handler never keeps a disconnect waiting for long.
+        """
+        self.scope, self.base_send = scope, send
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()
-        ahead: asyncio.Future[ASGIMessage] | None = None  # read while waiting for room
         try:
             while True:
-                message = await (ahead or receive())
-                ahead = None
-                kind = message["type"]
-                if kind == "websocket.receive":
-                    if self._open and not self._closed and self._queue_frame(message):
-                        ahead = await self._wait_for_room(receive)
-                elif kind == "websocket.connect":
+                if self._frames is not None and self._frames.full and not self._stalled:
+                    self._stalled = not await self._frames.wait_for_room(self._cfg.backpressure)
+                message = await receive()
+                if message["type"] == "websocket.receive":
+                    if self._open and not self._closed:
+                        self._take_frame(message)
+                elif message["type"] == "websocket.connect":
                     await self.websocket_connect(message)
-                elif kind == "websocket.disconnect":
+                elif message["type"] == "websocket.disconnect":
                     await self.websocket_disconnect(message)
                     return
         finally:
-            if ahead is not None:
-                ahead.cancel()
             await self._leave()
 
-    def _queue_frame(self, message: ASGIMessage) -> bool:
-        """Queue a frame for the worker; True when the in-flight limit is reached."""
-        if self._cfg.rate is not None and not self._take_token(self._cfg.rate):
-            message = _RATE_LIMITED  # answered in order, its text dropped at once
+    async def websocket_connect(self, message: ASGIMessage) -> None:
+        """Authenticate, join groups, accept, run the hook, send the authentication frame."""
+        self._cfg = _Config.of(self)
+        if self._cfg.rate is not None:
+            self._tokens, self._last_refill = self._cfg.burst, time.monotonic()
+        self._conn_id = uuid.uuid4().hex[:12]
+        try:
+            result = await self.authenticate()
+            if result.is_authenticated:
+                self.user, self.obj = result.user, result.obj
+                if getattr(self.user, "is_authenticated", False):
+                    self._user_key = str(self.user.pk)
+                await self.add_groups()  # before the handshake completes: no event is missed
+        except Exception as exc:
+            result = self._server_error(exc)
+        await self.accept(self._subprotocol())
+        if result.is_authenticated:
+            try:
+                await self.post_authentication()
+            except Exception as exc:
+                result = self._server_error(exc)
+        if self._cfg.send_authentication_message:
+            payload = AuthenticationPayload(
+                status_code=result.status_code, status_text=result.status_text, data=result.data
+            )
+            await self.send_message(AuthenticationMessage(payload=payload))
+        if not result.is_authenticated:
+            if logger.isEnabledFor(logging.INFO):
+                context = _log_context(self, status_code=result.status_code)
+                logger.info("Websocket authentication refused", extra=context)
+            await self.close(code=4000 + result.status_code)
+            return
+        self._open = True
+        if self.channel_layer is not None:  # group traffic only after the auth frame
+            self._layer_reader = asyncio.create_task(self._read_layer())
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Websocket connected", extra=_log_context(self))
+
+    def _server_error(self, exc: Exception) -> AuthenticationResult:
+        logger.exception("Websocket authentication failed", extra=_log_context(self))
+        detail = "Authentication failed because of a server error."
+        if isinstance(exc, ChanxConfigError):  # a developer's message, no client input
+            detail = f"Server configuration error: {exc}"
+        return AuthenticationResult(False, 500, "Internal Server Error", {"detail": detail})
+
+    def _subprotocol(self) -> str | None:
+        offered = self.scope.get("subprotocols") or ()
+        return next((p for p in offered if p in self.subprotocols), None)
+
+    def _take_frame(self, message: ASGIMessage) -> None:
+        """Queue a client frame for the worker, or refuse it at once (in order, text dropped)."""
+        cfg, text = self._cfg, message.get("text")
         if self._frames is None:
-            self._frames = deque()
-        self._frames.append(message)
-        self._pending += 1
+            self._frames = _Frames(cfg.max_in_flight)
+        frames = self._frames
+        if text is None:
+            frames.refuse("Binary frames are not supported; send JSON text.")
+        elif len(text) > cfg.max_size or (
+            len(text) * 4 > cfg.max_size
+            and len(text.encode("utf-8", "surrogatepass")) > cfg.max_size
+        ):
+            frames.refuse(f"Message too large; the limit is {cfg.max_size} bytes.")
+        elif cfg.rate is not None and not self._take_token(cfg.rate):
+            frames.refuse("Rate limit exceeded; slow down.")
+        elif frames.full:
+            frames.refuse("Too many messages in flight; wait for the replies.")
+        else:
+            frames.put(text)
+            self._stalled = False
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain_frames())
-        return self._pending >= self._cfg.max_in_flight
-
-    async def _wait_for_room(self, receive: Any) -> asyncio.Future[ASGIMessage] | None:
-        """Backpressure: stop reading until the worker catches up.
-
-        One message is still read ahead, so that a disconnect is not kept
-        waiting by a slow handler; a frame read ahead is held as one extra.
-        """
-        if self._room is None:
-            self._room = asyncio.Event()
-        room = self._room
-        room.clear()
-        if self._pending > self._cfg.max_in_flight:  # the extra frame is already held
-            await room.wait()
-            return None
-        ahead: asyncio.Future[ASGIMessage] = asyncio.ensure_future(receive())
-        waiter = asyncio.ensure_future(room.wait())
-        await asyncio.wait((ahead, waiter), return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        return ahead
+            self._worker = asyncio.create_task(self._work())
 
     def _take_token(self, rate: float) -> bool:
         now = time.monotonic()
@@ -1303,65 +1033,51 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             return True
         return False
 
-    async def _drain_frames(self) -> None:
+    async def _work(self) -> None:
+        """The worker: handle queued frames one at a time, in arrival order."""
         frames = self._frames
-        while frames:  # not None: a frame is queued before the worker starts
-            message = frames.popleft()
+        assert frames is not None
+        while frames.items:
+            item = frames.items.popleft()
             try:
-                if not self._closed:
-                    await self._handle_frame(message)
+                _FRAME_REF.set(None)
+                if isinstance(item, str):
+                    if not self._closed:
+                        await self._dispatch_text(item)
+                    if self._cfg.send_completion:
+                        await self._send_complete(ACTION_COMPLETE)
+                else:
+                    for _ in range(item.count):
+                        await self.on_bad_frame(item.detail)
+                        if self._cfg.send_completion:
+                            await self._send_complete(ACTION_COMPLETE)
+            except StopConsumer:
+                await self.close()
             except Exception:
                 logger.exception("Failed to handle a websocket frame", extra=_log_context(self))
             finally:
-                self._pending -= 1
-                room = self._room
-                if room is not None and self._pending < self._cfg.max_in_flight:
-                    room.set()
-
-    async def _handle_frame(self, message: ASGIMessage) -> None:
-        text = message.get("text")
-        limit = self._cfg.max_size
-        if message is _RATE_LIMITED:
-            await self.on_bad_frame("Rate limit exceeded; slow down.")
-        elif text is None:
-            await self.on_bad_frame("Binary frames are not supported; send JSON text.")
-        elif len(text) > limit or (
-            len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
-        ):
-            await self.on_bad_frame(f"Message too large; the limit is {limit} bytes.")
-        else:
-            await self._dispatch_text(text)
-        if self._cfg.send_completion:
-            await self._send_complete(_COMPLETE)
+                if isinstance(item, str):
+                    frames.done()
 
     async def _dispatch_text(self, text: str) -> None:
-        adapter = self._cfg.incoming
-        if adapter is None:
+        cfg = self._cfg
+        if cfg.incoming is None:
             await self.on_bad_frame("This endpoint does not accept messages.")
             return
         try:
-            if self._cfg.plain_wire:
-                message = adapter.validate_json(text)
-            else:
-                data = _from_wire(json.loads(text), self._cfg.camelize, self._cfg.action_key)
-                message = adapter.validate_python(data)
+            message = cfg.wire.load(text, cfg.incoming)
         except ValidationError as exc:
             await self.on_validation_error(exc)
-            return
-        except (ValueError, RecursionError):  # json.loads, when keys are translated
-            await self.on_bad_frame("Invalid JSON.")
             return
         action = message.action
         self._frame_seq += 1
         if (
-            self._cfg.log_received_message
-            and action not in self._cfg.ignored
+            cfg.log_received_message
+            and action not in cfg.ignored
             and logger.isEnabledFor(logging.INFO)
         ):
-            logger.info(
-                "Received websocket message",
-                extra=_log_context(self, action=action, message_id=self._message_id()),
-            )
+            context = _log_context(self, action=action, message_id=self._message_id())
+            logger.info("Received websocket message", extra=context)
         await _ensure_db_hygiene()
         handler = self._chanx_meta.ws_handlers.get(action)
         try:
@@ -1371,11 +1087,25 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                 reply = await getattr(self, handler.name)(message)
                 if reply is not None:
                     await self.send_message(reply)
+        except StopConsumer:
+            raise
         except Exception as exc:
             await self.on_handler_error(exc, message)
 
     def _message_id(self) -> str:
         return f"{self._conn_id}:{self._frame_seq}"
+
+    async def websocket_disconnect(self, message: ASGIMessage) -> None:
+        """Cancel and await every task of the connection, leave groups, call ``disconnect``."""
+        await self._leave()
+        try:
+            await _ensure_db_hygiene()
+            await self.disconnect(message.get("code", 1000))
+        except Exception:
+            logger.exception("disconnect() failed", extra=_log_context(self))
+        if logger.isEnabledFor(logging.INFO):
+            context = _log_context(self, close_code=message.get("code", 1000))
+            logger.info("Websocket disconnected", extra=context)
 
     async def _leave(self) -> None:
         """Cancel and await this connection's tasks, then leave its groups (once)."""
@@ -1387,60 +1117,28 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
-        if self._frames:
-            self._frames.clear()
-        if self.channel_layer is not None:
-            for group in self.groups:  # the list stays, for disconnect()
-                try:
-                    await self.channel_layer.group_discard(group, self.channel_name)
-                except Exception:
-                    logger.exception("Could not leave group %s", group, extra=_log_context(self))
+        if self._frames is not None:
+            self._frames.items.clear()
+        for group in self.groups if self.channel_layer is not None else ():
+            try:  # the list stays, for disconnect()
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:
+                logger.exception("Could not leave group %s", group, extra=_log_context(self))
 
-    # Connect and authenticate ##############################################
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close the socket; no frame is handled after this."""
+        if not self._closed:
+            self._closed = True
+            await super().close(code=code, reason=reason)
 
-    def _setup_connection(self) -> None:
-        """Resolve the flags and limits, and name the connection for the log."""
-        self._cfg = _Config.of(self)
-        if self._cfg.rate is not None:
-            self._tokens, self._last_refill = self._cfg.burst, time.monotonic()
-        self._conn_id = uuid.uuid4().hex[:12]
+    # Hooks #################################################################
 
-    async def websocket_connect(self, message: ASGIMessage) -> None:
-        """Accept, authenticate, join groups, run the post-authentication hook."""
-        self._setup_connection()
-        await self.accept()
-        try:
-            result = await self.authenticate()
-            if result.is_authenticated:
-                self.user, self.obj = result.user, result.obj
-                if getattr(self.user, "is_authenticated", False):
-                    self._user_key = str(self.user.pk)
-                await self.add_groups()
-                await self.post_authentication()
-        except Exception:
-            logger.exception("Websocket authentication failed", extra=_log_context(self))
-            detail = {"detail": "Authentication failed because of a server error."}
-            result = AuthenticationResult(False, 500, "Internal Server Error", detail)
-        if self._cfg.send_authentication_message:
-            payload = AuthenticationPayload(
-                status_code=result.status_code,
-                status_text=result.status_text,
-                data=_plain(result.data),
-            )
-            await self.send_message(AuthenticationMessage(payload=payload))
-        if result.is_authenticated:
-            self._open = True
-            if self.channel_layer is not None:  # group traffic only after the auth frame
-                self._layer_reader = asyncio.create_task(self._read_layer())
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("Websocket connected", extra=_log_context(self))
-        else:
-            if logger.isEnabledFor(logging.INFO):
-                logger.info(
-                    "Websocket authentication refused",
-                    extra=_log_context(self, status_code=result.status_code),
-                )
-            await self.close(code=4000 + result.status_code)
+    async def authenticate(self) -> AuthenticationResult:
+        """Authenticate the handshake; override to replace DRF entirely."""
+        self.authenticator = self.get_authenticator_class()()
+        result: AuthenticationResult = await self.authenticator.authenticate(self.scope)
+        self.request = self.authenticator.request
+        return result
 
     @classmethod
     def get_authenticator_class(cls) -> type[ChanxWebsocketAuthenticator]:
@@ -1452,20 +1150,13 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             cls._chanx_authenticator = type(base.__name__, (base,), own) if own else base
         return cls._chanx_authenticator
 
-    async def authenticate(self) -> AuthenticationResult:
-        """Authenticate the handshake; override to replace DRF entirely."""
-        self.authenticator = self.get_authenticator_class()()
-        result: AuthenticationResult = await self.authenticator.authenticate(self.scope)
-        self.request = self.authenticator.request
-        return result
-
     async def build_groups(self) -> Iterable[str]:
-        """Groups to join after authentication, besides the ``groups`` attribute."""
+        """Groups to join once authenticated, besides the ``groups`` attribute (a string is one)."""
         return []
 
     async def add_groups(self) -> None:
         """Join ``groups`` and ``build_groups()``; all are left on disconnect."""
-        self.groups = list(dict.fromkeys([*self.groups, *await self.build_groups()]))
+        self.groups = list(dict.fromkeys([*self.groups, *_group_list(await self.build_groups())]))
         if self.groups and self.channel_layer is None:
             raise ChanxConfigError(
                 f"{type(self).__name__} joins groups but no channel layer is configured; "
@@ -1475,31 +1166,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             await self.channel_layer.group_add(group, self.channel_name)
 
     async def post_authentication(self) -> None:
-        """Called once authenticated, after groups are joined, before the auth frame."""
-
-    # Disconnect ############################################################
-
-    async def websocket_disconnect(self, message: ASGIMessage) -> None:
-        """Cancel and await every task of the connection, leave groups, call ``disconnect``."""
-        await self._leave()
-        try:
-            await _ensure_db_hygiene()
-            await self.disconnect(message.get("code", 1000))
-        except Exception:
-            logger.exception("disconnect() failed", extra=_log_context(self))
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
-                "Websocket disconnected",
-                extra=_log_context(self, close_code=message.get("code", 1000)),
-            )
-
-    async def close(self, code: int | None = None, reason: str | None = None) -> None:
-        """Close the socket; no frame is handled after this."""
-        if not self._closed:
-            self._closed = True
-            await super().close(code=code, reason=reason)
-
-    # Receiving: hooks ######################################################
+        """Called once authenticated and in its groups, before the authentication frame."""
 
     async def receive_message(self, message: BaseMessage) -> None:
         """Called with a validated message that no ``@ws_handler`` takes."""
@@ -1511,62 +1178,61 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         logger.warning("No handler for event %r", event, extra=_log_context(self))
 
     async def on_validation_error(self, error: ValidationError) -> None:
-        """A frame failed validation; sends the errors (without input echo)."""
-        await self.send_message(ErrorMessage(payload=_clean_errors(error, self._cfg.action_key)))
+        """A frame is not valid JSON or not a valid message; sends pydantic's errors.
+
+        chanx 2.x's ``handle_validation_error`` is called instead when a class defines it.
+        """
+        payload = self._cfg.wire.errors(error, self._cfg.tags)
+        await self.send_message(ErrorMessage(payload=payload))
 
     async def on_bad_frame(self, detail: str) -> None:
-        """A frame could not be read (binary, too large, ...); sends the detail."""
+        """A frame was refused (binary, too large, rate limit, ...); sends the detail."""
         await self.send_message(ErrorMessage(payload={"detail": detail}))
 
     async def on_handler_error(self, exc: Exception, message: BaseMessage) -> None:
         """A handler raised: log the traceback, send the client a generic error."""
-        logger.exception(
-            "Websocket handler failed",
-            extra=_log_context(self, action=message.action, message_id=self._message_id()),
-        )
-        await self.send_message(ErrorMessage(payload={"detail": "Failed to process message."}))
+        context = _log_context(self, action=message.action, message_id=self._message_id())
+        logger.exception("Websocket handler failed", extra=context)
+        detail = f"Failed to process message for {message.action}"
+        await self.send_message(ErrorMessage(payload={"detail": detail}))
 
     # Sending ###############################################################
 
     async def send_message(self, message: BaseMessage) -> None:
         """Serialise a message and send it to this client."""
-        await self._send_text(self._dump(message), message.action)
-
-    def _dump(self, message: BaseModel, exclude: set[str] | None = None) -> str:
-        if self._cfg.plain_wire:
-            return message.model_dump_json(exclude=exclude)
-        data = message.model_dump(mode="json", exclude=exclude)
-        return json.dumps(_to_wire(data, self._cfg.camelize, self._cfg.action_key))
-
-    async def _send_complete(self, message: BaseMessage) -> None:
-        text = _COMPLETION_TEXT[message.action] if self._cfg.plain_wire else self._dump(message)
-        await self._send_text(text)  # completion frames are not logged
+        await self._send_text(self._cfg.wire.dump(message), message.action)
 
     async def send_json(self, content: Any, close: bool = False) -> None:
         """Send any JSON-serialisable content (keys translated like messages)."""
         action = content.get("action") if isinstance(content, dict) else None
-        if not self._cfg.plain_wire:
-            content = _to_wire(content, self._cfg.camelize, self._cfg.action_key)
-        await self._send_text(json.dumps(content), action)
+        await self._send_text(json.dumps(self._cfg.wire.out(content)), action)
         if close:
             await self.close()
 
+    async def _send_complete(self, action: str) -> None:
+        await self._send_text(self._cfg.completions[action])  # completion frames are not logged
+
     async def _send_text(self, text: str, action: str | None = None) -> None:
+        """Send a text frame: with the ``ref`` of the frame being handled, if it had one."""
         if self._closed:
             return
+        ref = _FRAME_REF.get()
+        if ref is not None and text.startswith("{"):
+            text = _json_with(text, {"ref": ref})
         try:
             await self.base_send({"type": "websocket.send", "text": text})
         except OSError:  # the client is gone (uvicorn: ClientDisconnected); not an error
             self._closed = True
             return
+        cfg = self._cfg
         if (
             action is not None
-            and self._cfg.log_sent_message
-            and action not in self._cfg.ignored
+            and cfg.log_sent_message
+            and action not in cfg.ignored
             and logger.isEnabledFor(logging.INFO)
         ):
             logger.info("Sent websocket message", extra=_log_context(self, action=action))
-        if self._cfg.send_message_immediately:
+        if cfg.send_message_immediately:
             await asyncio.sleep(0)
 
     # Groups ################################################################
@@ -1590,8 +1256,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                 f"{type(message).__name__} is not in {type(self).__name__}."
                 f"OUTGOING_GROUP_MESSAGE_SCHEMA ({names})."
             )
-        text = self._dump(message, exclude={"is_mine", "is_current"})
-        await self._send_to_groups_text(text, message.action, groups, exclude_current)
+        text = self._cfg.wire.dump(message, exclude={"is_mine", "is_current"})
+        await self._publish(text, message.action, groups, exclude_current)
 
     async def send_to_groups(
         self,
@@ -1601,12 +1267,24 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         exclude_current: bool = True,
     ) -> None:
         """Send a JSON object to groups, relayed like ``send_group_message``."""
-        action = content.get("action")
-        if not self._cfg.plain_wire:
-            content = _to_wire(content, self._cfg.camelize, self._cfg.action_key)
-        await self._send_to_groups_text(json.dumps(content), action, groups, exclude_current)
+        text = json.dumps(self._cfg.wire.out(content))
+        await self._publish(text, content.get("action"), groups, exclude_current)
 
-    async def _send_to_groups_text(
+    async def broadcast_message(
+        self,
+        message: BaseMessage | dict[str, Any],
+        groups: str | Iterable[str] | None = None,
+        *,
+        exclude_current: bool = False,
+    ) -> None:
+        """chanx 2.x's name: ``send_group_message`` (``send_to_groups`` for a dict),
+        the sender included by default."""
+        if isinstance(message, dict):
+            await self.send_to_groups(message, groups, exclude_current=exclude_current)
+        else:
+            await self.send_group_message(message, groups, exclude_current=exclude_current)
+
+    async def _publish(
         self, text: str, action: Any, groups: str | Iterable[str] | None, exclude: bool
     ) -> None:
         if self.channel_layer is None:
@@ -1657,12 +1335,16 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                     await self._dispatch_event(message)
                 else:
                     await self._dispatch_custom(message)
+            except StopConsumer:
+                await self.close()
             except Exception:
                 logger.exception(
                     "Failed to handle a channel-layer message", extra=_log_context(self)
                 )
 
     async def _relay_group_message(self, message: ASGIMessage) -> None:
+        """Pass a group message on, adding ``is_mine`` and ``is_current`` to the
+        text the sender serialised once for every receiver."""
         is_current = message["from_channel"] == self.channel_name
         if is_current and message["exclude_current"]:
             return
@@ -1672,18 +1354,14 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             elif message["id"] in self._relayed:
                 return
             self._relayed.append(message["id"])
-        sender = message["from_user"]
-        is_mine = sender is not None and sender == self._user_key
-        camel = self._cfg.camelize
-        mine_key, current_key = ("isMine", "isCurrent") if camel else ("is_mine", "is_current")
-        text: str = message["text"]
-        flags = (
-            f'"{mine_key}":{"true" if is_mine else "false"},'
-            f'"{current_key}":{"true" if is_current else "false"}}}'
-        )
-        await self._send_text(text[:-1] + ("," if len(text) > 2 else "") + flags, message["action"])
+        sender, wire = message["from_user"], self._cfg.wire
+        flags = {
+            wire.name("is_mine"): sender is not None and sender == self._user_key,
+            wire.name("is_current"): is_current,
+        }
+        await self._send_text(_json_with(message["text"], flags), message["action"])
         if self._cfg.send_completion:
-            await self._send_complete(_GROUP_COMPLETE)
+            await self._send_complete(GROUP_ACTION_COMPLETE)
 
     async def _dispatch_custom(self, message: ASGIMessage) -> None:
         """Channels-style ``type`` -> method dispatch for other layer messages."""
@@ -1717,18 +1395,20 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                 reply = await getattr(self, handler.name)(event)
                 if reply is not None:
                     await self.send_message(reply)
+        except StopConsumer:
+            raise
         except Exception:
             logger.exception("Event handler failed", extra=_log_context(self, action=event.action))
         if self._cfg.send_completion:
-            await self._send_complete(_EVENT_COMPLETE)
+            await self._send_complete(EVENT_ACTION_COMPLETE)
 
     @classmethod
     def _event_message(cls, event: Any) -> ASGIMessage:
         """Check ``event`` against this consumer's event union and pack it."""
         meta = cls._chanx_meta
         adapter = meta.adapter("events")
-        accepted = ", ".join(m.__name__ for m in meta.events) or "none"
         if adapter is None or not isinstance(event, meta.events):
+            accepted = ", ".join(m.__name__ for m in meta.events) or "none"
             raise InvalidEventError(
                 f"{cls.__name__} does not accept {type(event).__name__} events; "
                 f"it accepts: {accepted}."
@@ -1748,10 +1428,13 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         return layer
 
     @classmethod
-    async def broadcast_event(cls, event: EventT, groups: str | Iterable[str]) -> None:
-        """Send a typed event to every connection in ``groups`` (from anywhere async)."""
+    async def broadcast_event(
+        cls, event: EventT, groups: str | Iterable[str] | None = None
+    ) -> None:
+        """Send a typed event to every connection in ``groups`` (default: the
+        class's ``groups``), from anywhere async."""
         message = cls._event_message(event)
-        targets = _group_list(groups)
+        targets = _group_list(getattr(cls, "groups", None) or () if groups is None else groups)
         if _captured(cls, event, targets, None):
             return
         layer = cls._layer()
@@ -1759,7 +1442,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             await layer.group_send(group, message)
 
     @classmethod
-    def broadcast_event_sync(cls, event: EventT, groups: str | Iterable[str]) -> None:
+    def broadcast_event_sync(cls, event: EventT, groups: str | Iterable[str] | None = None) -> None:
         """``broadcast_event`` for sync code: views, tasks, signals, commands."""
         async_to_sync(cls.broadcast_event)(event, groups)
 
@@ -1787,25 +1470,433 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         cls.broadcast_event_sync(event, [group_name])
 
 
-AsyncJsonWebsocketConsumer._chanx_meta = _ConsumerMeta({}, {}, (), (), _BUILTIN_OUTGOING)
+#: Channels' hooks that chanx's loop never calls, and what to override instead.
+_CHANNELS_HOOKS = {
+    "connect": "authenticate() or post_authentication()",
+    "receive": "@ws_handler methods (or receive_message())",
+    "receive_json": "@ws_handler methods (or receive_message())",
+    "websocket_receive": "@ws_handler methods (or receive_message())",
+}
+
+
+def _config_of(consumer: Any) -> _Config | None:
+    """The flags, limits and wire of a chanx consumer class (None for others)."""
+    is_chanx = isinstance(consumer, type) and issubclass(consumer, AsyncJsonWebsocketConsumer)
+    return _Config.of(consumer) if is_chanx else None
+
+
+def _sends(consumer: Any) -> tuple[type[BaseModel], ...]:
+    """What a consumer class sends: its handlers' replies and chanx's own frames
+    (as its flags say)."""
+    config = _config_of(consumer)
+    if config is None:
+        return ()
+    own: list[type[BaseModel]] = [ErrorMessage]
+    if config.send_authentication_message:
+        own.insert(0, AuthenticationMessage)
+    if config.send_completion:
+        own.extend(_COMPLETIONS)
+    return tuple(dict.fromkeys([*own, *consumer._chanx_meta.outgoing]))
 
 
 def _group_list(groups: str | Iterable[str]) -> list[str]:
     return [groups] if isinstance(groups, str) else list(groups)
 
 
-def _plain(data: Any) -> Any:
-    """DRF error data (ErrorDetail, lazy strings) as plain JSON types."""
-    return json.loads(json.dumps(data, default=str))
+@dataclasses.dataclass
+class _Refused:
+    """Frames refused in a row for the same reason, answered in order by the worker."""
+
+    detail: str
+    count: int = 1
+
+
+class _Frames:
+    """A connection's frames waiting for its worker, in arrival order.
+
+    Texts count against ``MAX_IN_FLIGHT_MESSAGES`` until handled; a refused
+    frame keeps only its error's detail (a run of them, one entry).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.items: deque[str | _Refused] = deque()
+        self.texts, self.limit = 0, limit
+        self.room = asyncio.Event()
+
+    @property
+    def full(self) -> bool:
+        return self.texts >= self.limit
+
+    def put(self, text: str) -> None:
+        self.items.append(text)
+        self.texts += 1
+
+    def refuse(self, detail: str) -> None:
+        last = self.items[-1] if self.items else None
+        if isinstance(last, _Refused) and last.detail == detail:
+            last.count += 1
+        else:
+            self.items.append(_Refused(detail))
+
+    def done(self) -> None:
+        self.texts -= 1
+        if not self.full:
+            self.room.set()
+
+    async def wait_for_room(self, timeout: float) -> bool:
+        """Wait until a text is handled; False after ``timeout`` seconds."""
+        self.room.clear()
+        try:
+            await asyncio.wait_for(self.room.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+# Flags and limits: attribute -> settings.CHANX -> default, once per class.
+
+_FLAGS = {
+    "send_completion": "SEND_COMPLETION",
+    "send_message_immediately": "SEND_MESSAGE_IMMEDIATELY",
+    "send_authentication_message": "SEND_AUTHENTICATION_MESSAGE",
+    "log_received_message": "LOG_RECEIVED_MESSAGE",
+    "log_sent_message": "LOG_SENT_MESSAGE",
+    "log_ignored_actions": "LOG_IGNORED_ACTIONS",
+    "camelize": "CAMELIZE",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """A consumer's flags, limits and wire, shared by its connections.
+
+    Resolved once per class and settings version (an instance that sets a
+    flag itself gets its own).
+    """
+
+    send_completion: bool
+    send_message_immediately: bool
+    send_authentication_message: bool
+    log_received_message: bool
+    log_sent_message: bool
+    ignored: frozenset[str]
+    wire: _Wire
+    max_size: int
+    max_in_flight: int
+    backpressure: float
+    rate: float | None
+    burst: float
+    incoming: TypeAdapter[Any] | None
+    tags: tuple[str, ...]  # the actions, when the incoming adapter is a tagged union
+    completions: dict[str, str]  # the completion frames' text
+
+    @classmethod
+    def of(cls, consumer: Any) -> _Config:
+        """The config of a consumer instance, or of a class (for the docs)."""
+        klass: type[AsyncJsonWebsocketConsumer[Any]] = (
+            consumer if isinstance(consumer, type) else type(consumer)
+        )
+        own = consumer is not klass and not consumer.__dict__.keys().isdisjoint(_FLAGS)
+        cached = klass._chanx_config
+        if not own and cached is not None and cached[0] == chanx_settings.version:
+            return cached[1]
+        flags = {
+            name: getattr(chanx_settings, setting)
+            if getattr(consumer, name) is None
+            else getattr(consumer, name)
+            for name, setting in _FLAGS.items()
+        }
+        wire = _Wire(bool(flags.pop("camelize")), chanx_settings.MESSAGE_ACTION_KEY)
+        ignored = frozenset(flags.pop("log_ignored_actions"))
+        rate, meta = chanx_settings.RATE_LIMIT, klass._chanx_meta
+        config = cls(
+            **flags,
+            ignored=ignored,
+            wire=wire,
+            max_size=chanx_settings.MAX_MESSAGE_SIZE,
+            max_in_flight=chanx_settings.MAX_IN_FLIGHT_MESSAGES,
+            backpressure=chanx_settings.BACKPRESSURE_TIMEOUT,
+            rate=rate,
+            burst=max(1.0, float(chanx_settings.RATE_LIMIT_BURST or rate or 1)),  # 1 frame at least
+            incoming=meta.adapter("incoming"),
+            tags=tuple(a for m in meta.incoming for a in _message_actions(m))
+            if len(meta.incoming) > 1
+            else (),
+            completions={
+                m.model_construct().action: wire.dump(m.model_construct()) for m in _COMPLETIONS
+            },
+        )
+        if not own:
+            klass._chanx_config = (chanx_settings.version, config)
+        return config
+
+
+# Handlers: marked by decorators, collected once per class.
+
+
+@dataclasses.dataclass(frozen=True)
+class _HandlerSpec:
+    kind: Literal["ws", "event"]
+    action: str | None = None
+    summary: str | None = None
+    description: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Handler:
+    name: str  # method name
+    spec: _HandlerSpec
+    accepts: tuple[type[BaseModel], ...]
+    returns: tuple[type[BaseModel], ...]
+    actions: tuple[str, ...]
+
+
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+class _HandlerDecorator(typing.Protocol):
+    """``@ws_handler`` / ``@event_handler``, bare or with keyword arguments."""
+
+    @typing.overload
+    def __call__(self, func: _F, /) -> _F: ...
+    @typing.overload
+    def __call__(
+        self,
+        /,
+        *,
+        action: str | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> Callable[[_F], _F]: ...
+
+
+def _handler_decorator(kind: Literal["ws", "event"], doc: str) -> _HandlerDecorator:
+    def decorator(
+        func: Any = None,
+        /,
+        *,
+        action: str | None = None,
+        summary: str | None = None,
+        description: str | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> Any:
+        def mark(fn: Any) -> Any:
+            if not inspect.iscoroutinefunction(fn):
+                raise ChanxConfigError(f"Handler {fn.__qualname__} must be an async def method.")
+            text = inspect.getdoc(fn)
+            summary_ = summary or (text.splitlines()[0] if text else None)
+            fn.__chanx_handler__ = _HandlerSpec(
+                kind, action, summary_, description or text, tuple(tags or ())
+            )
+            return fn
+
+        return mark(func) if func is not None else mark
+
+    decorator.__doc__ = doc
+    return decorator
+
+
+ws_handler = _handler_decorator(
+    "ws",
+    """Mark ``async def handle_x(self, message: XMessage) -> Reply | None``.
+
+    The argument's type (or union) is what the consumer accepts for it; a
+    returned message is sent to the client. ``action`` narrows a handler to
+    one action of its argument's type; ``summary``, ``description`` (default:
+    the docstring) and ``tags`` document it.
+    """,
+)
+event_handler = _handler_decorator(
+    "event",
+    """Mark ``async def on_x(self, event: XEvent) -> Message | None`` for server events.
+
+    Same arguments as ``ws_handler``; a returned message is sent to the client.
+    """,
+)
+
+_C = TypeVar("_C", bound=type)
+
+
+def channel(
+    name: str | None = None, description: str | None = None, tags: Iterable[str] | None = None
+) -> Callable[[_C], _C]:
+    """Name and describe a consumer for the AsyncAPI document and the playground."""
+
+    def decorate(cls: _C) -> _C:
+        info = {"name": name, "description": description, "tags": tuple(tags or ())}
+        setattr(cls, "__chanx_channel__", info)  # noqa: B010 - a class attribute of any class
+        return cls
+
+    return decorate
+
+
+def _handler_types(cls: type, fn: Callable[..., Any]) -> tuple[list[type[BaseModel]], list[Any]]:
+    """The message types a handler accepts, and those it returns."""
+    module = sys.modules.get(fn.__module__)
+    try:
+        hints = typing.get_type_hints(fn, globalns=vars(module) if module else None)
+    except Exception as exc:
+        raise ChanxConfigError(
+            f"Cannot read the type hints of {cls.__qualname__}.{fn.__name__}: {exc}. "
+            "Define the message classes before the consumer."
+        ) from exc
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    if len(params) != 1 or params[0].name not in hints:
+        raise ChanxConfigError(
+            f"{cls.__qualname__}.{fn.__name__} must take exactly one annotated "
+            "argument, the message, e.g. (self, message: PingMessage)."
+        )
+    return _message_types(hints[params[0].name]), _message_types(hints.get("return"))
+
+
+@dataclasses.dataclass
+class _ConsumerMeta:
+    """Everything chanx derives from a consumer class, built once per class."""
+
+    ws_handlers: dict[str, _Handler]
+    event_handlers: dict[str, _Handler]
+    incoming: tuple[type[BaseModel], ...]
+    events: tuple[type[BaseModel], ...]
+    outgoing: tuple[type[BaseModel], ...]  # what handlers return, besides chanx's own frames
+    adapters: dict[str, TypeAdapter[Any] | None] = dataclasses.field(default_factory=dict)
+
+    def adapter(self, which: Literal["incoming", "events"]) -> TypeAdapter[Any] | None:
+        """The cached adapter over the accepted messages or events (built on first use)."""
+        if which not in self.adapters:
+            self.adapters[which] = _union_adapter(getattr(self, which))
+        return self.adapters[which]
+
+
+def _build_meta(cls: type[AsyncJsonWebsocketConsumer[Any]]) -> _ConsumerMeta:
+    functions: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):  # subclasses override by name
+        functions.update(vars(klass))
+    handlers: dict[str, dict[str, _Handler]] = {"ws": {}, "event": {}}
+    accepted: dict[str, list[type[BaseModel]]] = {"ws": [], "event": []}
+    outgoing: list[type[BaseModel]] = []
+    for name, fn in functions.items():
+        spec = getattr(fn, "__chanx_handler__", None)
+        if not isinstance(spec, _HandlerSpec):
+            continue
+        accepts, returns = _handler_types(cls, fn)
+        actions = tuple(a for m in accepts for a in _message_actions(m))
+        if spec.action is not None:
+            if spec.action not in actions:
+                raise ChanxConfigError(
+                    f"{cls.__qualname__}.{name}: action {spec.action!r} is not an action "
+                    f"of its argument type (which has {', '.join(actions)})."
+                )
+            actions = (spec.action,)
+        handler = _Handler(name, spec, tuple(accepts), tuple(returns), actions)
+        for action in actions:
+            other = handlers[spec.kind].get(action)
+            if other is not None:
+                raise ChanxConfigError(
+                    f"{cls.__qualname__}: two handlers for action {action!r}: "
+                    f"{other.name} and {name}. Keep one."
+                )
+            handlers[spec.kind][action] = handler
+        accepted[spec.kind].extend(accepts)
+        outgoing.extend(returns)
+    accepted["ws"].extend(_message_types(getattr(cls, "INCOMING_MESSAGE_SCHEMA", None)))
+    for klass in cls.__mro__:  # the generic parameter: Consumer[EventA | EventB]
+        for base in klass.__dict__.get("__orig_bases__", ()):
+            if typing.get_origin(base) is AsyncJsonWebsocketConsumer:
+                accepted["event"].extend(_message_types(typing.get_args(base)[0]))
+    outgoing.extend(_message_types(getattr(cls, "OUTGOING_GROUP_MESSAGE_SCHEMA", None)))
+    for kind, models in accepted.items():
+        seen: dict[str, type[BaseModel]] = {}
+        for model in dict.fromkeys(models):
+            for action in _message_actions(model):
+                if seen.setdefault(action, model) is not model:
+                    raise ChanxConfigError(
+                        f"{cls.__qualname__} accepts two {kind} types with action "
+                        f"{action!r}: {seen[action].__qualname__} and {model.__qualname__}."
+                    )
+    return _ConsumerMeta(
+        handlers["ws"],
+        handlers["event"],
+        tuple(dict.fromkeys(accepted["ws"])),
+        tuple(dict.fromkeys(accepted["event"])),
+        tuple(dict.fromkeys(outgoing)),
+    )
+
+
+AsyncJsonWebsocketConsumer._chanx_meta = _ConsumerMeta({}, {}, (), (), ())
+
+
+# Database hygiene without a thread hop per frame. Channels runs
+# close_old_connections() on a worker thread before every message (a hop of
+# 60-150 us, to one shared thread). chanx remembers the thread its own sync
+# code (authentication, cleanup) last ran on, the thread the ORM's async
+# calls run on, watches that thread's connections from the event loop, and
+# hops there only when one is obsolete (CONN_MAX_AGE), errored or out of
+# autocommit: what close_old_connections() acts on. Under Django's default
+# CONN_MAX_AGE=0 that is after every frame that used the database, as in
+# Channels. A connection inside a transaction is never closed (in tests, the
+# TestCase's).
+
+
+class _OrmThread:
+    """The ORM's thread and its connections (one wrapper per database alias)."""
+
+    ident: int | None = None
+    connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _watch_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
+    if threading.get_ident() == _OrmThread.ident:
+        _OrmThread.connections.add(connection)  # a set: a reconnection adds nothing
+
+
+connection_created.connect(_watch_connection)
+
+
+def _close_old_connections() -> None:
+    """``close_old_connections()`` on this thread (the ORM's), sparing transactions."""
+    from django.db import connections
+
+    initialized = connections.all(initialized_only=True)
+    if _OrmThread.ident != threading.get_ident():
+        _OrmThread.ident, _OrmThread.connections = (
+            threading.get_ident(),
+            weakref.WeakSet(initialized),
+        )
+    for conn in initialized:
+        if not conn.in_atomic_block:
+            conn.close_if_unusable_or_obsolete()
+
+
+def _db_needs_cleanup() -> bool:
+    if _OrmThread.ident is None:
+        return True  # not known yet: the first hop finds it
+    now = 0.0
+    for conn in _OrmThread.connections:
+        if conn.connection is None or conn.in_atomic_block:
+            continue
+        if conn.errors_occurred or conn.autocommit != conn.settings_dict["AUTOCOMMIT"]:
+            return True
+        if conn.close_at is not None:
+            now = now or time.monotonic()
+            if now >= conn.close_at:
+                return True
+        conn.health_check_done = False  # what close_old_connections does to a healthy one
+    return False
+
+
+async def _ensure_db_hygiene() -> None:
+    """Close stale DB connections before user code runs, hopping only if needed."""
+    if _db_needs_cleanup():
+        await sync_to_async(_close_old_connections)()
 
 
 ###############################################################################
 # Routing and discovery #######################################################
-###############################################################################
 
-#: Websocket routes use Django's own ``path`` / ``re_path`` (Channels routes them).
-path = _django_path
-re_path = _django_re_path
+# Websocket routes use Django's own ``path`` / ``re_path`` (imported above):
+# Channels' URLRouter routes with them.
 
 
 def include(target: Any) -> Any:
@@ -1816,6 +1907,10 @@ def include(target: Any) -> Any:
     with Django ``urlpatterns`` but no ``router`` is handed to Django's
     ``include``, so ``include("chanx")`` also works in ``urls.py``.
     """
+    import importlib
+
+    from channels.routing import URLRouter
+
     if isinstance(target, str):
         target = importlib.import_module(target)
     if not isinstance(target, types.ModuleType):
@@ -1858,55 +1953,48 @@ class RouteInfo:
         return found.groupdict() if found else None
 
     @property
+    def config(self) -> _Config | None:
+        return _config_of(self.consumer)
+
+    @property
     def incoming(self) -> tuple[type[BaseModel], ...]:
-        meta: _ConsumerMeta | None = getattr(self.consumer, "_chanx_meta", None)
-        return meta.incoming if meta else ()
+        return self.consumer._chanx_meta.incoming if self.config else ()
 
     @property
     def outgoing(self) -> tuple[type[BaseModel], ...]:
-        meta: _ConsumerMeta | None = getattr(self.consumer, "_chanx_meta", None)
-        return meta.outgoing if meta else ()
-
-
-def _regex_segment(regex: str) -> tuple[str, dict[str, str]]:
-    """``^(?P<pk>\\d+)/$`` -> ("<pk>/", {"pk": "\\d+"}), balancing parentheses."""
-    params: dict[str, str] = {}
-    out: list[str] = []
-    i = 0
-    regex = regex.removeprefix("^").removesuffix("$").removesuffix("\\Z")
-    while i < len(regex):
-        match = re.match(r"\(\?P<(\w+)>", regex[i:])
-        if match:
-            depth, j = 1, i + match.end()
-            while j < len(regex) and depth:
-                if regex[j] == "\\":
-                    j += 1
-                elif regex[j] == "(":
-                    depth += 1
-                elif regex[j] == ")":
-                    depth -= 1
-                j += 1
-            params[match.group(1)] = regex[i + match.end() : j - 1]
-            out.append(f"<{match.group(1)}>")
-            i = j
-        else:
-            char = regex[i]
-            if char == "\\" and i + 1 < len(regex):
-                char = regex[i + 1]
-                i += 1
-            if char not in "^$?":
-                out.append(char)
-            i += 1
-    return "".join(out), params
+        return _sends(self.consumer)
 
 
 def _pattern_segment(pattern: Any) -> tuple[str, dict[str, str]]:
+    """A route's path segment with ``<name>`` placeholders, and each parameter's regex."""
     route = getattr(pattern, "_route", None)
     if isinstance(route, str):  # path("<int:pk>/")
-        params = {name: conv.regex for name, conv in getattr(pattern, "converters", {}).items()}
-        return re.sub(r"<(?:\w+:)?(\w+)>", r"<\1>", route), params
+        converters = getattr(pattern, "converters", {})
+        return re.sub(r"<(?:\w+:)?(\w+)>", r"<\1>", route), {
+            n: c.regex for n, c in converters.items()
+        }
     regex = getattr(pattern, "_regex", None)
-    return _regex_segment(regex if isinstance(regex, str) else str(pattern))
+    regex = (regex if isinstance(regex, str) else str(pattern)).removeprefix("^")
+    regex = regex.removesuffix("$").removesuffix("\\Z")
+    # re_path: each (?P<name>...) becomes <name>, balancing parentheses.
+    params: dict[str, str] = {}
+    out, i = list[str](), 0
+    while i < len(regex):
+        group = re.match(r"\(\?P<(\w+)>", regex[i:])
+        if group is None:
+            escaped = regex[i] == "\\" and i + 1 < len(regex)
+            char = regex[i + 1] if escaped else regex[i]
+            out.append("" if char in "^$?" and not escaped else char)
+            i += 2 if escaped else 1
+            continue
+        depth, j = 1, i + group.end()
+        while j < len(regex) and depth:
+            depth += {"(": 1, ")": -1}.get(regex[j], 0)
+            j += 2 if regex[j] == "\\" else 1
+        params[group[1]] = regex[i + group.end() : j - 1]
+        out.append(f"<{group[1]}>")
+        i = j
+    return "".join(out), params
 
 
 def _inner_application(app: Any) -> Any:
@@ -1918,16 +2006,28 @@ def _inner_application(app: Any) -> Any:
     return None
 
 
+def _default_application() -> Any:
+    """``ASGI_APPLICATION``, or a ChanxConfigError saying how to set it."""
+    from channels.routing import get_default_application
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return get_default_application()
+    except ImproperlyConfigured as exc:
+        raise ChanxConfigError(
+            f"{exc} chanx finds the websocket routes through settings.ASGI_APPLICATION: "
+            "set it to your ASGI application, e.g. 'mysite.asgi.application'."
+        ) from exc
+
+
 def discover_routes(application: Any = None) -> list[RouteInfo]:
     """Every websocket endpoint of an application (default: ``ASGI_APPLICATION``).
 
     Walks through ``ProtocolTypeRouter``, middleware and nested ``URLRouter``s
     to each consumer.
     """
-    if application is None:
-        from channels.routing import get_default_application
+    from channels.routing import ProtocolTypeRouter, URLRouter
 
-        application = get_default_application()
     found: list[RouteInfo] = []
 
     def walk(app: Any, prefix: str, params: dict[str, str], depth: int) -> None:
@@ -1945,26 +2045,88 @@ def discover_routes(application: Any = None) -> list[RouteInfo]:
             doc = info.get("description") or inspect.getdoc(consumer) or ""
             if doc == inspect.getdoc(AsyncJsonWebsocketConsumer):
                 doc = ""
-            full = "/" + prefix.lstrip("/")
-            found.append(
-                RouteInfo(full, params, consumer, info.get("name") or consumer.__name__, doc)
-            )
+            name = info.get("name") or consumer.__name__
+            found.append(RouteInfo("/" + prefix.lstrip("/"), params, consumer, name, doc))
         else:
             walk(_inner_application(app), prefix, params, depth + 1)
 
-    walk(application, "", {}, 0)
+    walk(_default_application() if application is None else application, "", {}, 0)
     return found
+
+
+@checks.register("chanx", checks.Tags.security)
+def _check_origin(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``manage.py check``: session cookies over a websocket need an Origin check."""
+    from channels.routing import ProtocolTypeRouter, URLRouter
+    from channels.security.websocket import OriginValidator
+    from django.conf import settings
+
+    if not getattr(settings, "ASGI_APPLICATION", None):
+        return []
+    try:
+        app = _default_application()
+    except ChanxConfigError:
+        return []  # Channels reports an ASGI_APPLICATION it cannot import
+    if isinstance(app, ProtocolTypeRouter):
+        app = app.application_mapping.get("websocket")
+    while app is not None and not isinstance(app, (OriginValidator, URLRouter)):
+        app = _inner_application(app)
+    if app is None or isinstance(app, OriginValidator):
+        return []
+    return [
+        checks.Warning(
+            "The websocket application of ASGI_APPLICATION is not wrapped in an origin "
+            "check: any web page can open a websocket with your users' session cookies "
+            "(cross-site websocket hijacking).",
+            hint="Wrap it: AllowedHostsOriginValidator(AuthMiddlewareStack(router)). If "
+            "another guard checks the Origin header, silence chanx.W001.",
+            id="chanx.W001",
+        )
+    ]
 
 
 ###############################################################################
 # AsyncAPI ####################################################################
-###############################################################################
-
-_COMPONENT_KEY = re.compile(r"[^\w.\-]")
 
 
-def _component_id(name: str) -> str:
-    return _COMPONENT_KEY.sub("_", name)
+def _base_url(request: HttpRequest | None = None) -> str:
+    """Where clients connect: ``WEBSOCKET_BASE_URL``, else chanx 2.x's
+    ``ASYNCAPI_SERVER_PROTOCOL``://``ASYNCAPI_SERVER_URL``, else the host the
+    request came to (``localhost:8000`` without a request)."""
+    if chanx_settings.WEBSOCKET_BASE_URL:
+        return str(chanx_settings.WEBSOCKET_BASE_URL)
+    secure = request is not None and request.is_secure()
+    protocol = chanx_settings.ASYNCAPI_SERVER_PROTOCOL or ("wss" if secure else "ws")
+    host = chanx_settings.ASYNCAPI_SERVER_URL or (
+        request.get_host() if request else "localhost:8000"
+    )
+    return f"{protocol}://{host}"
+
+
+def _wire_schemas(
+    models: Sequence[type[BaseModel]], wire: _Wire, suffix: str
+) -> tuple[dict[type[BaseModel], str], dict[str, Any]]:
+    """Component names and JSON schemas of ``models`` as they look on the wire."""
+    from pydantic.json_schema import models_json_schema
+
+    refs, top = models_json_schema(
+        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+    )
+    component = functools.partial(re.sub, r"[^\w.\-]", "_")
+    names = {
+        m: component(refs[(m, "validation")]["$ref"].rsplit("/", 1)[1]) + suffix for m in models
+    }
+    frames = set(names.values())
+    schemas = {}
+    for key, schema in top.get("$defs", {}).items():
+        name = component(key) + suffix
+        schemas[name] = wire.schema(schema, message=name in frames)
+    text = re.sub(
+        r'"#/components/schemas/([^"]+)"',
+        lambda m: f'"#/components/schemas/{component(m[1])}{suffix}"',
+        json.dumps(schemas),
+    )
+    return names, json.loads(text)
 
 
 def asyncapi_schema(
@@ -1978,51 +2140,52 @@ def asyncapi_schema(
     """The AsyncAPI 3.0 document of the websocket endpoints (a dict).
 
     Channels are the endpoints, messages the Pydantic models (their JSON
-    schemas under ``components``), operations what each endpoint receives
-    (one per handler, with its reply) and sends.
+    schemas under ``components``, as the frames look on the wire under
+    ``CAMELIZE`` and ``MESSAGE_ACTION_KEY``), operations what each endpoint
+    receives (one per handler, with its reply) and sends.
     """
-    from pydantic.json_schema import models_json_schema
-
     routes = discover_routes() if routes is None else routes
-    models = list(dict.fromkeys(m for r in routes for m in (*r.incoming, *r.outgoing)))
-    refs, top = models_json_schema(
-        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
-    )
-    schemas = {_component_id(k): v for k, v in top.get("$defs", {}).items()}
-    names = {m: _component_id(refs[(m, "validation")]["$ref"].rsplit("/", 1)[1]) for m in models}
-    schemas = json.loads(
-        re.sub(
-            r'"#/components/schemas/([^"]+)"',
-            lambda match: f'"#/components/schemas/{_component_id(match.group(1))}"',
-            json.dumps(schemas),
-        )
-    )
+    chanx_routes = [r for r in routes if r.config is not None]
+    wires = list(dict.fromkeys(r.config.wire for r in chanx_routes if r.config))
+    names: dict[tuple[_Wire, type[BaseModel]], str] = {}
+    schemas: dict[str, Any] = {}
     messages: dict[str, Any] = {}
-    for model in models:
-        doc = inspect.getdoc(model) or ""
-        entry: dict[str, Any] = {
-            "name": ", ".join(_message_actions(model)) or model.__name__,
-            "title": model.__name__,
-            "payload": {"$ref": f"#/components/schemas/{names[model]}"},
-        }
-        if doc and doc != inspect.getdoc(BaseMessage):
-            entry["summary"] = doc.splitlines()[0]
-            entry["description"] = doc
-        messages[names[model]] = entry
+    for i, wire in enumerate(wires):  # one set of components per wire shape in use
+        models = [
+            m
+            for r in chanx_routes
+            if r.config and r.config.wire == wire
+            for m in (*r.incoming, *r.outgoing)
+        ]
+        found, wire_schemas = _wire_schemas(list(dict.fromkeys(models)), wire, f"_{i}" if i else "")
+        schemas.update(wire_schemas)
+        for model, name in found.items():
+            names[wire, model] = name
+            doc = inspect.getdoc(model) or ""
+            entry: dict[str, Any] = {
+                "name": ", ".join(_message_actions(model)) or model.__name__,
+                "title": model.__name__,
+                "payload": {"$ref": f"#/components/schemas/{name}"},
+            }
+            if doc and doc != inspect.getdoc(BaseMessage):
+                entry["summary"], entry["description"] = doc.splitlines()[0], doc
+            messages[name] = entry
 
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
-    for route in routes:
-        cid = _component_id(route.name)
+    for route in chanx_routes:
+        assert route.config is not None
+        wire, meta = route.config.wire, route.consumer._chanx_meta
+        cid = re.sub(r"[^\w.\-]", "_", route.name)
         while cid in channels:
             cid += "_"
-        meta: _ConsumerMeta = route.consumer._chanx_meta
+        channel_ref = {"$ref": f"#/channels/{cid}"}
         info = getattr(route.consumer, "__chanx_channel__", {})
         channel: dict[str, Any] = {
             "address": route.address,
             "title": route.name,
             "messages": {
-                names[m]: {"$ref": f"#/components/messages/{names[m]}"}
+                names[wire, m]: {"$ref": f"#/components/messages/{names[wire, m]}"}
                 for m in (*route.incoming, *route.outgoing)
             },
         }
@@ -2037,8 +2200,10 @@ def asyncapi_schema(
             }
         channels[cid] = channel
 
-        def refs_to(models: Iterable[type[BaseModel]], cid: str = cid) -> list[dict[str, str]]:
-            return [{"$ref": f"#/channels/{cid}/messages/{names[m]}"} for m in models]
+        def refs_to(
+            models: Iterable[type[BaseModel]], cid: str = cid, wire: _Wire = wire
+        ) -> list[dict[str, str]]:
+            return [{"$ref": f"#/channels/{cid}/messages/{names[wire, m]}"} for m in models]
 
         handled: set[type[BaseModel]] = set()
         for handler in dict.fromkeys(meta.ws_handlers.values()):
@@ -2048,7 +2213,7 @@ def asyncapi_schema(
             handled.update(accepts)
             op: dict[str, Any] = {
                 "action": "receive",
-                "channel": {"$ref": f"#/channels/{cid}"},
+                "channel": channel_ref,
                 "messages": refs_to(accepts),
             }
             if handler.spec.summary:
@@ -2058,34 +2223,37 @@ def asyncapi_schema(
             if handler.spec.tags:
                 op["tags"] = [{"name": t} for t in handler.spec.tags]
             if handler.returns:
-                op["reply"] = {
-                    "channel": {"$ref": f"#/channels/{cid}"},
-                    "messages": refs_to(handler.returns),
-                }
-            operations[_component_id(f"{cid}.{handler.name}")] = op
+                op["reply"] = {"channel": channel_ref, "messages": refs_to(handler.returns)}
+            operations[f"{cid}.{handler.name}"] = op
         for model in route.incoming:
             if model not in handled:
-                operations[_component_id(f"{cid}.receive.{names[model]}")] = {
+                key = f"{cid}.receive.{names[wire, model]}"
+                operations[key] = {
                     "action": "receive",
-                    "channel": {"$ref": f"#/channels/{cid}"},
+                    "channel": channel_ref,
                     "messages": refs_to([model]),
                 }
         for model in route.outgoing:
-            operations[_component_id(f"{cid}.send.{names[model]}")] = {
+            key = f"{cid}.send.{names[wire, model]}"
+            operations[key] = {
                 "action": "send",
-                "channel": {"$ref": f"#/channels/{cid}"},
+                "channel": channel_ref,
                 "messages": refs_to([model]),
             }
 
-    base = base_url or chanx_settings.WEBSOCKET_BASE_URL or "ws://localhost:8000"
-    protocol, _, host = base.partition("://")
+    protocol, _, host = (base_url or _base_url()).partition("://")
     document: dict[str, Any] = {
         "asyncapi": "3.0.0",
         "info": {
             "title": title or chanx_settings.ASYNCAPI_TITLE,
             "version": version or chanx_settings.ASYNCAPI_VERSION,
         },
-        "servers": {"default": {"host": host or protocol, "protocol": protocol or "ws"}},
+        "servers": {
+            "default": {
+                "host": host.rstrip("/") or protocol,
+                "protocol": protocol if host else "ws",
+            }
+        },
         "defaultContentType": "application/json",
         "channels": channels,
         "operations": operations,
@@ -2114,28 +2282,32 @@ def _example(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> An
             return _example(options[0], defs, depth + 1)
         if key in schema:
             return None
-    kind = schema.get("type")
-    if kind == "object" or "properties" in schema:
-        props = schema.get("properties", {})
-        return {name: _example(sub, defs, depth + 1) for name, sub in props.items()}
-    if kind == "array":
-        return [_example(schema.get("items", {}), defs, depth + 1)] if "items" in schema else []
-    return {"string": "", "integer": 0, "number": 0, "boolean": False}.get(str(kind))
+    if schema.get("type") == "object" or "properties" in schema:
+        return {
+            name: _example(sub, defs, depth + 1)
+            for name, sub in schema.get("properties", {}).items()
+        }
+    if schema.get("type") == "array":
+        return [_example(schema["items"], defs, depth + 1)] if "items" in schema else []
+    return {"string": "", "integer": 0, "number": 0, "boolean": False}.get(str(schema.get("type")))
 
 
 def _route_summary(route: RouteInfo) -> dict[str, Any]:
+    """An endpoint for the playground, with a template per message it accepts."""
+    wire = route.config.wire if route.config else _Wire()
     messages = []
     for model in route.incoming:
         schema = model.model_json_schema()
-        example = _example(schema, schema.get("$defs", {}))
+        defs = {k: wire.schema(v, message=False) for k, v in schema.pop("$defs", {}).items()}
+        schema = wire.schema(schema, message=True)
         doc = inspect.getdoc(model) or ""
         messages.append(
             {
                 "action": ", ".join(_message_actions(model)),
                 "name": model.__name__,
                 "description": "" if doc == inspect.getdoc(BaseMessage) else doc,
-                "example": example,
-                "schema": schema,
+                "example": _example(schema, defs),
+                "schema": {**schema, "$defs": defs} if defs else schema,
             }
         )
     return {
@@ -2150,137 +2322,73 @@ def _route_summary(route: RouteInfo) -> dict[str, Any]:
 
 ###############################################################################
 # Playground ##################################################################
-###############################################################################
 
 _PLAYGROUND_HTML = r"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
+<html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>chanx websocket playground</title>
-<link rel="icon" href="data:,">
+<title>chanx websocket playground</title><link rel="icon" href="data:,">
 <style>
-:root{--ink:#1f2430;--muted:#4a5163;--faint:#6b7385;--line:#c8cfdb;--blue:#2f6fde;
-  --mono:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-  color:var(--ink);background:#f3f5f8}
-header{display:flex;align-items:center;gap:16px;padding:10px 20px;background:var(--ink);color:#fff}
-header h1{margin:0;font-size:17px;font-weight:600}
-header a{color:#9cc4ff;margin-left:auto}
-main{display:grid;grid-template-columns:minmax(320px,440px) 1fr;align-items:start;gap:16px;
-  padding:16px 20px}
-section{display:flex;flex-direction:column;gap:8px;min-width:0;padding:14px 16px;
-  background:#fff;border:1px solid #dde2ea;border-radius:8px}
-h2{margin:4px 0 0;font-size:12px;text-transform:uppercase;letter-spacing:.06em;color:var(--faint)}
-label,.hint{font-size:12px;color:var(--muted)}
-input,select,textarea,button{font:inherit}
-input,select,textarea{width:100%;padding:6px 8px;border:1px solid var(--line);border-radius:5px;
-  background:#fff;color:inherit}
-input.bad{border-color:#d33;background:#fff5f5}
-textarea{font:13px/1.4 var(--mono);min-height:170px;resize:vertical}
-#description{color:var(--muted);white-space:pre-wrap;margin:0}
-#description:empty{display:none}
-#params{display:flex;flex-direction:column;gap:6px}
-#url{font:12px var(--mono);background:#f3f5f8;border-radius:4px;padding:5px 8px;
-  word-break:break-all}
-.row{display:flex;gap:8px;align-items:center}
-button{padding:6px 14px;border:1px solid var(--blue);border-radius:5px;background:var(--blue);
-  color:#fff;cursor:pointer}
-button.secondary{background:#fff;color:var(--blue)}
-button:disabled{opacity:.45;cursor:default}
-#status,#clear{margin-left:auto}
+*{box-sizing:border-box} body{margin:0;font:14px/1.45 system-ui,sans-serif;color:#1f2430;background:#f3f5f8}
+header{display:flex;gap:16px;align-items:center;padding:10px 20px;background:#1f2430;color:#fff}
+header h1{margin:0;font-size:17px} header a{color:#9cc4ff;margin-left:auto}
+main{display:grid;grid-template-columns:minmax(320px,440px) 1fr;gap:16px;padding:16px 20px;align-items:start}
+section{display:flex;flex-direction:column;gap:8px;min-width:0;padding:14px 16px;background:#fff;border:1px solid #dde2ea;border-radius:8px}
+h2{margin:4px 0 0;font-size:12px;text-transform:uppercase;color:#6b7385} label,.hint{font-size:12px;color:#4a5163}
+input,select,textarea,button{font:inherit} input,select,textarea{width:100%;padding:6px 8px;border:1px solid #c8cfdb;border-radius:5px}
+input.bad{border-color:#d33;background:#fff5f5} textarea{font:13px/1.4 ui-monospace,monospace;min-height:170px}
+#url,pre{font:12.5px/1.4 ui-monospace,monospace;white-space:pre-wrap;word-break:break-word;margin:0}
+#url{background:#f3f5f8;padding:5px 8px;border-radius:4px} #description{color:#4a5163;white-space:pre-wrap;margin:0}
+.row{display:flex;gap:8px;align-items:center} #status,#clear{margin-left:auto}
+button{padding:6px 14px;border:1px solid #2f6fde;border-radius:5px;background:#2f6fde;color:#fff;cursor:pointer}
+button.secondary{background:#fff;color:#2f6fde} button:disabled{opacity:.45;cursor:default}
 #status{font-size:12px;padding:2px 8px;border-radius:10px;background:#e6e9ef}
 #status.open{background:#daf5e1;color:#17692f} #status.closed{background:#fde2e2;color:#9b1c1c}
-#status.connecting{background:#fff1c9;color:#7a5a00}
-#logpanel{min-height:calc(100vh - 90px)}
-#log{flex:1;overflow:auto;max-height:calc(100vh - 150px);display:flex;flex-direction:column;
-  gap:6px}
+#log{display:flex;flex-direction:column;gap:6px;overflow:auto;max-height:calc(100vh - 150px)}
 #log:empty::before{content:"No messages yet. Connect to an endpoint to start.";color:#8a92a3}
 .entry{border-left:4px solid #9aa3b5;background:#f7f8fb;border-radius:4px;padding:5px 10px}
-.entry.sent{border-color:var(--blue);background:#f1f6ff}
-.entry.received{border-color:#1f9d55;background:#f0fbf4}
-.entry.received.err{border-color:#d33;background:#fff3f3}
-.entry.system{color:var(--muted);display:flex;gap:10px;align-items:baseline}
-.meta{display:flex;gap:10px;font-size:12px;color:var(--faint)}
-.meta b{font-weight:600;color:var(--ink)}
-.entry pre{margin:3px 0 0;font:12.5px/1.4 var(--mono);white-space:pre-wrap;word-break:break-word}
-.entry.system pre{margin:0}
-@media (max-width:860px){main{grid-template-columns:1fr} #logpanel{min-height:0} }
-</style>
-</head>
+.entry.sent{border-color:#2f6fde} .entry.received{border-color:#1f9d55} .entry.received.err{border-color:#d33;background:#fff3f3}
+.meta{display:flex;gap:10px;font-size:12px;color:#6b7385} .meta b{color:#1f2430}
+@media (max-width:860px){main{grid-template-columns:1fr}}
+</style></head>
 <body data-routes-url="{{ROUTES_URL}}">
-<header>
-  <h1>chanx websocket playground</h1>
-  <a id="asyncapi" href="{{ASYNCAPI_URL}}" target="_blank" rel="noopener">AsyncAPI document</a>
-</header>
-<main>
-<section>
-  <h2>Endpoint</h2>
-  <select id="endpoint" aria-label="Endpoint"></select>
-  <p id="description"></p>
-  <div id="params"></div>
-  <label for="query">Query string (optional)</label>
-  <input id="query" placeholder="key=value&amp;other=1" autocomplete="off">
-  <div id="url"></div>
-  <div class="row">
-    <button id="connect">Connect</button>
-    <button id="disconnect" class="secondary" disabled>Disconnect</button>
-    <span id="status">disconnected</span>
-  </div>
-  <h2>Message</h2>
-  <select id="template" aria-label="Message template"></select>
-  <textarea id="message" spellcheck="false" aria-label="Message"></textarea>
-  <div class="row">
-    <button id="send" disabled>Send</button>
-    <span class="hint">Ctrl+Enter sends; the text is sent as is</span>
-  </div>
-</section>
-<section id="logpanel">
-  <div class="row"><h2>Log</h2><button id="clear" class="secondary">Clear</button></div>
-  <div id="log" aria-live="polite"></div>
-</section>
-</main>
+<header><h1>chanx websocket playground</h1><a id="asyncapi" href="{{ASYNCAPI_URL}}" target="_blank" rel="noopener">AsyncAPI document</a></header>
+<main><section>
+<h2>Endpoint</h2><select id="endpoint" aria-label="Endpoint"></select><p id="description"></p>
+<div id="params"></div>
+<label for="query">Query string (optional)</label><input id="query" placeholder="key=value&amp;other=1" autocomplete="off">
+<label for="token">Authorization (optional, e.g. "Token abc"; sent as the chanx.auth subprotocol)</label><input id="token" autocomplete="off">
+<div id="url"></div>
+<div class="row"><button id="connect">Connect</button><button id="disconnect" class="secondary" disabled>Disconnect</button><span id="status">disconnected</span></div>
+<h2>Message</h2><select id="template" aria-label="Message template"></select>
+<textarea id="message" spellcheck="false" aria-label="Message"></textarea>
+<div class="row"><button id="send" disabled>Send</button><span class="hint">Ctrl+Enter sends; the text is sent as is</span></div>
+</section><section>
+<div class="row"><h2>Log</h2><button id="clear" class="secondary">Clear</button></div><div id="log" aria-live="polite"></div>
+</section></main>
 <script>
 (function () {
-  "use strict";
-  // Everything from the server or the user goes in with textContent, never innerHTML.
+  "use strict";  // Everything from the server or the user is shown with textContent, never as HTML.
   const $ = (id) => document.getElementById(id);
-  const el = (tag, cls, text) => {
-    const e = Object.assign(document.createElement(tag), {className: cls || ""});
-    if (text !== undefined) e.textContent = text;
-    return e;
-  };
-  const NL = String.fromCharCode(10);
+  const el = (tag, cls, text) => Object.assign(document.createElement(tag), {className: cls || "", textContent: text || ""});
   const LABELS = {sent: "\u2192 sent", received: "\u2190 received", system: "system"};
   let routes = [], baseUrl = "", ws = null;
+  const current = () => routes[$("endpoint").value] || null;
+  const params = () => [...$("params").querySelectorAll("input")];
+  const b64url = (text) => btoa(String.fromCharCode(...new TextEncoder().encode(text))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 
-  const now = (d = new Date()) =>
-    d.toTimeString().slice(0, 8) + "." + String(d.getMilliseconds()).padStart(3, "0");
-  function fmt(v, ind) {  // indented JSON; short objects and arrays stay on one line
-    if (v === null || typeof v !== "object") return JSON.stringify(v);
-    const arr = Array.isArray(v), inner = ind + "  ";
-    const items = arr ? v.map((x) => fmt(x, inner))
-      : Object.keys(v).map((k) => JSON.stringify(k) + ": " + fmt(v[k], inner));
-    const [open, close] = arr ? ["[", "]"] : ["{", "}"];
-    const line = open + items.join(", ") + close;
-    if (!items.length || (ind.length + line.length <= 64 && !line.includes(NL))) return line;
-    return open + NL + inner + items.join("," + NL + inner) + NL + ind + close;
-  }
   function log(kind, text) {
-    const entry = el("div", "entry " + kind), meta = el("div", "meta");
-    meta.append(el("b", "", LABELS[kind]), el("span", "time", now()));
-    let body = text, obj = null;
-    if (kind !== "system") {
-      try { obj = JSON.parse(text); body = fmt(obj, ""); } catch (e) { obj = null; }
-    }
-    if (obj && typeof obj === "object" && typeof obj.action === "string") {
-      meta.append(el("span", "action", obj.action));
-      if (kind === "received" && obj.action === "error") entry.classList.add("err");
-    }
+    const entry = el("div", "entry " + kind), meta = el("div", "meta"), time = new Date().toISOString().slice(11, 23);
+    meta.append(el("b", "", LABELS[kind]), el("span", "time", time));
+    let body = text;
+    try {
+      const obj = kind === "system" ? null : JSON.parse(text);
+      if (kind !== "system") body = JSON.stringify(obj, null, 2);
+      const action = obj && obj[Object.keys(obj).find((k) => typeof obj[k] === "string")];
+      if (obj && typeof obj === "object" && !Array.isArray(obj) && action) meta.append(el("span", "action", action));
+      if (kind === "received" && action === "error") entry.classList.add("err");
+    } catch (e) { body = text; }
     entry.append(meta, el("pre", "", body));
-    const box = $("log");
-    const stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 30;
+    const box = $("log"), stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 30;
     box.append(entry);
     if (stick) box.scrollTop = box.scrollHeight;
   }
@@ -2292,68 +2400,59 @@ button:disabled{opacity:.45;cursor:default}
     $("disconnect").disabled = !active;
     $("send").disabled = state !== "open";
   }
-  const current = () => routes[$("endpoint").value] || null;
-
   function buildUrl() {
-    const r = current();
-    if (!r) return "";
-    let addr = r.address || r.path || "";
-    for (const input of $("params").querySelectorAll("input")) {
-      addr = addr.split("{" + input.dataset.name + "}").join(encodeURIComponent(input.value));
-    }
+    let addr = (current() || {}).address || "";
+    for (const input of params()) addr = addr.split("{" + input.dataset.name + "}").join(encodeURIComponent(input.value));
     let base = baseUrl || (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
     if (base.endsWith("/") && addr.startsWith("/")) base = base.slice(0, -1);
     const q = $("query").value.trim().replace(/^[?]/, "");
     return base + addr + (q ? "?" + q : "");
   }
-  function refreshUrl() {
-    for (const input of $("params").querySelectorAll("input")) {
-      let ok = true;  // flag values the route's regex would not match
-      try {
-        ok = !input.value || new RegExp("^(?:" + input.placeholder + ")$").test(input.value);
-      } catch (e) { /* a Python-only regex: no check */ }
-      input.classList.toggle("bad", !ok);
+  function paramsOk() {  // required, and matching the route's regex where JavaScript can check it
+    let ok = true;
+    for (const input of params()) {
+      let good = input.value !== "";
+      try { good = good && new RegExp("^(?:" + input.placeholder + ")$").test(input.value); } catch (e) { /* Python-only regex */ }
+      input.classList.toggle("bad", !good);
+      ok = ok && good;
     }
     $("url").textContent = buildUrl();
+    return ok;
   }
   function selectEndpoint() {
+    if (ws) { log("system", "switched endpoint: closing the connection"); ws.close(1000, "switched endpoint"); }
     const r = current();
-    $("description").textContent = r ? r.description || "" : "";
+    $("description").textContent = r ? r.description : "";
     $("params").replaceChildren();
     for (const p of (r && r.path_params) || []) {
-      const input = el("input");
-      Object.assign(input, {id: "param-" + p.name, placeholder: p.pattern || ""});
+      const input = Object.assign(el("input"), {id: "param-" + p.name, placeholder: p.pattern, required: true});
       input.dataset.name = p.name;
-      input.addEventListener("input", refreshUrl);
+      input.addEventListener("input", paramsOk);
       const label = el("label", "", p.name);
       label.htmlFor = input.id;
       $("params").append(label, input);
     }
-    const text = (m) => m.action + " \u2014 " + m.name;
-    const opts = ((r && r.messages) || []).map((m, i) => new Option(text(m), i));
+    const opts = ((r && r.messages) || []).map((m, i) => new Option(m.action + " \u2014 " + m.name, i));
     $("template").replaceChildren(...opts, new Option("(custom message)", ""));
     selectTemplate();
-    refreshUrl();
+    $("url").textContent = buildUrl();
   }
   function selectTemplate() {
-    const r = current(), i = $("template").value;
-    const m = r && i !== "" ? r.messages[Number(i)] : null;
+    const r = current(), i = $("template").value, m = r && i !== "" ? r.messages[Number(i)] : null;
     $("message").value = m ? JSON.stringify(m.example ?? null, null, 2) : "";
     $("message").title = (m && m.description) || "";
   }
   function connect() {
-    const url = buildUrl();
+    if (!paramsOk()) return log("system", "fill in every path parameter (in red) first");
+    const url = buildUrl(), token = $("token").value.trim();
     let sock;
-    try { sock = new WebSocket(url); } catch (e) { return log("system", "error: " + e.message); }
+    try { sock = new WebSocket(url, ["chanx", ...(token ? ["chanx.auth." + b64url(token)] : [])]); }
+    catch (e) { return log("system", "error: " + e.message); }
     ws = sock;
-    sock.binaryType = "arraybuffer";
     setStatus("connecting", "connecting\u2026");
     log("system", "connecting to " + url);
-    sock.onopen = () => {
-      if (ws === sock) { setStatus("open"); log("system", "connection open"); }
-    };
-    sock.onmessage = (ev) => log("received", typeof ev.data === "string"
-      ? ev.data : "[binary frame, " + ev.data.byteLength + " bytes]");
+    sock.onopen = () => { if (ws === sock) { setStatus("open"); log("system", "connection open"); } };
+    sock.onmessage = (ev) => log("received", typeof ev.data === "string" ? ev.data : "[binary frame]");
     sock.onerror = () => log("system", "websocket error");
     sock.onclose = (ev) => {
       const text = "closed (code " + ev.code + (ev.reason ? ": " + ev.reason : "") + ")";
@@ -2362,66 +2461,57 @@ button:disabled{opacity:.45;cursor:default}
     };
   }
   function send() {
-    if (!ws || ws.readyState !== WebSocket.OPEN) { log("system", "not connected"); return; }
-    const text = $("message").value;
-    ws.send(text);
-    log("sent", text);
+    if (!ws || ws.readyState !== WebSocket.OPEN) return log("system", "not connected");
+    ws.send($("message").value);
+    log("sent", $("message").value);
   }
-
   $("endpoint").addEventListener("change", selectEndpoint);
   $("template").addEventListener("change", selectTemplate);
-  $("query").addEventListener("input", refreshUrl);
+  $("query").addEventListener("input", paramsOk);
   $("connect").addEventListener("click", connect);
   $("disconnect").addEventListener("click", () => ws && ws.close(1000, "closed by user"));
   $("send").addEventListener("click", send);
   $("clear").addEventListener("click", () => $("log").replaceChildren());
   $("message").addEventListener("input", () => { $("template").value = ""; });
-  $("message").addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); send(); }
-  });
-
-  const init = {credentials: "same-origin", headers: {Accept: "application/json"} };
-  fetch(document.body.dataset.routesUrl, init)
-    .then((res) => { if (!res.ok) throw new Error("HTTP " + res.status); return res.json(); })
+  $("message").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); send(); } });
+  fetch(document.body.dataset.routesUrl, {credentials: "same-origin", headers: {Accept: "application/json"}})
+    .then((res) => res.json().then((data) => { if (!res.ok) throw new Error(data.detail || "HTTP " + res.status); return data; }))
     .then((data) => {
       baseUrl = data.base_url || "";
       routes = data.routes || [];
-      const label = (r) => r.path + "  (" + r.name + ")";
-      $("endpoint").replaceChildren(...routes.map((r, i) => new Option(label(r), i)));
+      $("endpoint").replaceChildren(...routes.map((r, i) => new Option(r.path + "  (" + r.name + ")", i)));
       if (!routes.length) log("system", "no websocket routes found");
       selectEndpoint();
     })
-    .catch((e) => log("system", "failed to load routes: " + e.message));
+    .catch((e) => log("system", "failed to load the routes: " + e.message));
 })();
-</script>
-</body>
-</html>"""
-
-
-def _playground_allowed(request: HttpRequest) -> bool:
-    from django.conf import settings
-
-    access = chanx_settings.PLAYGROUND_ACCESS
-    user = getattr(request, "user", None)
-    staff = bool(user is not None and user.is_active and user.is_staff)
-    if access == "public":
-        return True
-    if access == "staff":
-        return staff
-    return access == "debug_or_staff" and (bool(settings.DEBUG) or staff)
+</script></body></html>"""
 
 
 def _playground_endpoint(
     view: Callable[[HttpRequest], HttpResponse],
 ) -> Callable[[HttpRequest], HttpResponse]:
-    """Answer only allowed users (404 otherwise); never echo an exception."""
+    """Answer allowed users only (404 otherwise, per ``PLAYGROUND_ACCESS``); a
+    configuration error says what is missing, any other exception stays in the log."""
 
     @functools.wraps(view)
     def guarded(request: HttpRequest) -> HttpResponse:
-        if not _playground_allowed(request):
+        from django.conf import settings
+        from django.http import Http404, JsonResponse
+
+        access, user = chanx_settings.PLAYGROUND_ACCESS, getattr(request, "user", None)
+        staff = bool(user is not None and user.is_active and user.is_staff)
+        if not (
+            access == "public"
+            or (staff and access != "off")
+            or (access == "debug_or_staff" and settings.DEBUG)
+        ):
             raise Http404("Not found")
         try:
             return view(request)
+        except ChanxConfigError as exc:
+            logger.exception("Playground endpoint failed")
+            return JsonResponse({"detail": str(exc)}, status=500)
         except Exception:
             logger.exception("Playground endpoint failed")
             return JsonResponse(
@@ -2434,16 +2524,17 @@ def _playground_endpoint(
 @_playground_endpoint
 def playground_view(request: HttpRequest) -> HttpResponse:
     """The playground page: pick an endpoint, connect, send, read the log."""
+    import html
+
+    from django.http import HttpResponse
     from django.urls import reverse
 
-    namespace = (
-        f"{request.resolver_match.namespace}:"
-        if request.resolver_match and request.resolver_match.namespace
-        else ""
-    )
+    match = request.resolver_match
+    namespace = f"{match.namespace}:" if match and match.namespace else ""
     page = _PLAYGROUND_HTML.replace(
         "{{ROUTES_URL}}", html.escape(reverse(f"{namespace}chanx-routes"))
-    ).replace("{{ASYNCAPI_URL}}", html.escape(reverse(f"{namespace}chanx-asyncapi")))
+    )
+    page = page.replace("{{ASYNCAPI_URL}}", html.escape(reverse(f"{namespace}chanx-asyncapi")))
     response = HttpResponse(page, content_type="text/html; charset=utf-8")
     response["Content-Security-Policy"] = (
         "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -2455,27 +2546,35 @@ def playground_view(request: HttpRequest) -> HttpResponse:
 @_playground_endpoint
 def routes_view(request: HttpRequest) -> HttpResponse:
     """The endpoints as JSON, with a message template per accepted message."""
-    routes = [_route_summary(route) for route in discover_routes()]
+    from django.http import JsonResponse
+
+    routes = [_route_summary(route) for route in discover_routes() if route.config is not None]
     return JsonResponse({"base_url": chanx_settings.WEBSOCKET_BASE_URL or "", "routes": routes})
 
 
 @_playground_endpoint
 def asyncapi_view(request: HttpRequest) -> HttpResponse:
-    """The AsyncAPI 3.0 document as JSON."""
-    return JsonResponse(asyncapi_schema())
+    """The AsyncAPI 3.0 document; ``?format=yaml`` serves it as YAML (JSON is YAML 1.2)."""
+    from django.http import HttpResponse
+
+    yaml = request.GET.get("format") == "yaml"
+    text = json.dumps(asyncapi_schema(base_url=_base_url(request)), indent=2)
+    return HttpResponse(text, content_type="application/yaml" if yaml else "application/json")
 
 
-#: ``path("playground/", include("chanx"))`` in urls.py serves these.
+#: ``path("playground/", include("chanx"))`` in urls.py serves these (the last
+#: two under chanx 2.x's URL names).
 urlpatterns = [
-    _django_path("websocket/", playground_view, name="chanx-playground"),
-    _django_path("routes.json", routes_view, name="chanx-routes"),
-    _django_path("asyncapi.json", asyncapi_view, name="chanx-asyncapi"),
+    path("websocket/", playground_view, name="chanx-playground"),
+    path("routes.json", routes_view, name="chanx-routes"),
+    path("asyncapi.json", asyncapi_view, name="chanx-asyncapi"),
+    path("schema/", asyncapi_view, name="asyncapi_schema"),
+    path("docs/", playground_view, name="asyncapi_docs"),
 ]
 
 
 ###############################################################################
 # Testing #####################################################################
-###############################################################################
 
 
 @dataclasses.dataclass(frozen=True)
@@ -2519,23 +2618,20 @@ def capture_events(
         _CAPTURES.remove(entry)
 
 
-def _consumer_at(application: Any, path: str) -> type[Any] | None:
-    """The consumer class ``application`` routes ``path`` to, if it can be found."""
-    if getattr(application, "consumer_class", None) is not None:
-        found: type[Any] = application.consumer_class
-        return found
-    try:
-        routes = discover_routes(application)
-    except Exception:  # an application chanx cannot walk
-        return None
-    return next((r.consumer for r in routes if r.match(path) is not None), None)
+def capture_broadcast_events(
+    consumer: type[Any], suppress: bool = True
+) -> contextlib.AbstractContextManager[list[CapturedEvent]]:
+    """chanx 2.x's name: ``capture_events`` (suppressing by default)."""
+    return capture_events(consumer, suppress=suppress)
 
 
 class WebsocketCommunicator(ApplicationCommunicator):
-    """Drives a websocket application in tests; every wait ends on a frame or a timeout.
+    """Drives a websocket application in tests, as a client would.
 
-    ``user=`` forces the authenticated user (like DRF's ``force_authenticate``);
-    permissions still apply.
+    Every wait ends on a frame or a timeout, and a failure shows what did
+    arrive. ``user=`` forces the authenticated user (like DRF's
+    ``force_authenticate``; permissions still apply). Frames are sent and
+    read as the consumer's wire has them (``CAMELIZE``, ``MESSAGE_ACTION_KEY``).
     """
 
     def __init__(
@@ -2565,29 +2661,32 @@ class WebsocketCommunicator(ApplicationCommunicator):
             "server": ("testserver", 80),
         }
         if user is not None:
-            scope[_FORCE_USER_KEY] = user
+            key = scope[_FORCE_USER_KEY] = uuid.uuid4().hex
+            _FORCED_USERS[key] = user
+            weakref.finalize(self, _FORCED_USERS.pop, key, None)
         super().__init__(application, scope)  # type: ignore[no-untyped-call]
         self.consumer = consumer or _consumer_at(application, scope["path"])
         self.received: list[Any] = []  # every frame read, for failure messages
         self.connected = False
-        self._peeked: deque[ASGIMessage] = deque()  # read but not yet consumed, in order
+        self._ahead: deque[ASGIMessage] = deque()  # read, not yet consumed
 
-    async def _input(self, message: ASGIMessage) -> None:
-        if self.future.done():
-            self.future.result()  # raise the application's exception, if any
-        await self.input_queue.put(message)
+    @property
+    def _wire(self) -> _Wire:
+        config = _config_of(self.consumer)
+        return (
+            config.wire
+            if config
+            else _Wire(chanx_settings.CAMELIZE, chanx_settings.MESSAGE_ACTION_KEY)
+        )
 
-    async def _next_output(self, timeout: float) -> ASGIMessage | None:
+    async def _next(self, timeout: float) -> ASGIMessage | None:
         """The next message the application sent, or None after ``timeout``."""
-        if self._peeked:
-            return self._peeked.popleft()
-        if not self.output_queue.empty():
-            message: ASGIMessage = self.output_queue.get_nowait()
-            return message
+        if self._ahead:
+            return self._ahead.popleft()
         getter = asyncio.ensure_future(self.output_queue.get())
         await asyncio.wait({getter, self.future}, timeout=timeout, return_when="FIRST_COMPLETED")
         if getter.done():
-            message = getter.result()
+            message: ASGIMessage = getter.result()
             return message
         getter.cancel()
         if self.future.done():
@@ -2595,10 +2694,31 @@ class WebsocketCommunicator(ApplicationCommunicator):
             raise AssertionError(f"The application exited; received so far: {self.received}")
         return None
 
+    async def _frame(self, deadline: float, waiting_for: str) -> Any:
+        """The next frame, decoded; an AssertionError saying what arrived if none does."""
+        response = await self._next(max(deadline - time.monotonic(), 0))
+        if response is None:
+            raise AssertionError(
+                f"No {waiting_for} within the timeout; received so far: {self.received}"
+            )
+        if response["type"] != "websocket.send":
+            self._ahead.appendleft(response)
+            raise AssertionError(
+                f"Expected {waiting_for} but got {response}; received: {self.received}"
+            )
+        data = json.loads(response.get("text") or response.get("bytes") or "null")
+        self.received.append(data)
+        return data
+
+    async def _input(self, message: ASGIMessage) -> None:
+        if self.future.done():
+            self.future.result()  # raise the application's exception, if any
+        await self.input_queue.put(message)
+
     async def connect(self, timeout: float = 1.0) -> tuple[bool, Any]:
         """Open the socket: (True, subprotocol) when accepted, else (False, close code)."""
         await self._input({"type": "websocket.connect"})
-        response = await self._next_output(timeout)
+        response = await self._next(timeout)
         if response is None:
             raise AssertionError(f"No answer to connect within {timeout}s.")
         if response["type"] == "websocket.close":
@@ -2616,119 +2736,117 @@ class WebsocketCommunicator(ApplicationCommunicator):
     async def send_json_to(self, data: Any) -> None:
         await self.send_to(text_data=json.dumps(data))
 
-    def _wire(self) -> tuple[bool, str]:
-        """(camelize, action key) as the consumer under test sees the wire."""
-        camelize = getattr(self.consumer, "camelize", None)
-        if camelize is None:
-            camelize = chanx_settings.CAMELIZE
-        return bool(camelize), chanx_settings.MESSAGE_ACTION_KEY
-
-    async def send_message(self, message: BaseMessage) -> None:
-        """Send a message as a client would (``CAMELIZE``, ``MESSAGE_ACTION_KEY``)."""
-        await self.send_json_to(_to_wire(message.model_dump(mode="json"), *self._wire()))
+    async def send_message(self, message: BaseMessage, *, ref: Ref = None) -> None:
+        """Send a message as a client would, with a ``ref`` to match its replies if given."""
+        data = self._wire.out(message.model_dump(mode="json"))
+        await self.send_json_to(data if ref is None else {**data, "ref": ref})
 
     async def receive_json_from(self, timeout: float = 1.0) -> Any:
         """The next frame, decoded; fails if none arrives within ``timeout``."""
-        response = await self._next_output(timeout)
-        if response is None:
-            raise AssertionError(f"No frame within {timeout}s; received so far: {self.received}")
-        if response["type"] != "websocket.send":
-            raise AssertionError(f"Expected a frame but got {response}; received: {self.received}")
-        data = json.loads(response.get("text") or response.get("bytes") or "null")
-        self.received.append(data)
-        return data
+        return await self._frame(time.monotonic() + timeout, f"frame within {timeout}s")
 
     async def receive_nothing(self, timeout: float = 0.1, interval: float = 0) -> bool:
         """True when nothing arrives within ``timeout`` (``interval``: unused, no polling)."""
-        response = await self._next_output(timeout)
+        response = await self._next(timeout)
         if response is not None:
-            self._peeked.appendleft(response)
-            return False
-        return True
+            self._ahead.appendleft(response)
+        return response is None
 
     async def receive_until_action(
-        self, action: str, *, timeout: float = 1.0, inclusive: bool = False
+        self, action: str, *, timeout: float = 1.0, inclusive: bool = False, ref: Ref = None
     ) -> list[Any]:
-        """Frames up to the first one with ``action`` (kept when ``inclusive``)."""
-        deadline = time.monotonic() + timeout
-        frames: list[Any] = []
+        """Frames up to the first with ``action`` (and ``ref``, if given): kept when ``inclusive``."""
+        deadline, key, frames = time.monotonic() + timeout, self._wire.key, list[Any]()
         while True:
-            remaining = deadline - time.monotonic()
-            response = await self._next_output(max(remaining, 0))
-            if response is None:
-                raise AssertionError(
-                    f"Expected a {action!r} frame within {timeout}s; received: {frames}"
-                )
-            if response["type"] != "websocket.send":
-                raise AssertionError(
-                    f"Expected a {action!r} frame but the socket sent {response}; "
-                    f"received: {frames}"
-                )
-            data = json.loads(response.get("text") or "null")
-            self.received.append(data)
-            if isinstance(data, dict) and data.get(self._wire()[1]) == action:
-                if inclusive:
-                    frames.append(data)
-                return frames
+            data = await self._frame(deadline, f"a {action!r} frame within {timeout}s")
+            if (
+                isinstance(data, dict)
+                and data.get(key) == action
+                and (ref is None or data.get("ref") == ref)
+            ):
+                return [*frames, data] if inclusive else frames
             frames.append(data)
 
     async def receive_all_json(
-        self, timeout: float = 1.0, stop_action: str | None = ACTION_COMPLETE
+        self, timeout: float = 1.0, stop_action: str | None = ACTION_COMPLETE, *, ref: Ref = None
     ) -> list[Any]:
         """Frames until ``stop_action`` (not included). With ``stop_action=None``,
         every frame that arrives before the line is quiet for ``timeout``."""
         if stop_action is not None:
-            return await self.receive_until_action(stop_action, timeout=timeout)
+            return await self.receive_until_action(stop_action, timeout=timeout, ref=ref)
         frames = []
-        while (response := await self._next_output(timeout)) is not None:
+        while (response := await self._next(timeout)) is not None:
             if response["type"] != "websocket.send":
-                self._peeked.appendleft(response)
+                self._ahead.appendleft(response)
                 break
             frames.append(json.loads(response.get("text") or "null"))
         self.received.extend(frames)
         return frames
 
     async def receive_all_messages(
-        self, stop_action: str | None = ACTION_COMPLETE, timeout: float = 1.0
+        self, stop_action: str | None = ACTION_COMPLETE, timeout: float = 1.0, *, ref: Ref = None
     ) -> list[BaseMessage]:
-        """Like ``receive_all_json`` but as typed messages."""
+        """Typed messages until ``stop_action``, as in chanx 2.x: completion frames
+        are left out and a ``stop_action`` frame that is not one is included."""
+        inclusive = stop_action is not None and stop_action not in _COMPLETION_ACTIONS
+        if stop_action is None:
+            frames = await self.receive_all_json(timeout, None)
+        else:
+            frames = await self.receive_until_action(
+                stop_action, timeout=timeout, inclusive=inclusive, ref=ref
+            )
+        key = self._wire.key
         return [
-            self.to_message(frame)
-            for frame in await self.receive_all_json(timeout=timeout, stop_action=stop_action)
+            self.to_message(f)
+            for f in frames
+            if not (isinstance(f, dict) and f.get(key) in _COMPLETION_ACTIONS)
         ]
 
     def to_message(self, data: Any) -> BaseMessage:
         """A received frame as its message class (the consumer's types first)."""
-        data = _from_wire(data, *self._wire())
+        data = self._wire.into(data)
         action = data.get("action") if isinstance(data, dict) else None
-        meta = getattr(self.consumer, "_chanx_meta", None)
-        declared = [m for m in (meta.outgoing if meta else ()) if action in _message_actions(m)]
-        candidates = [*declared, *reversed(_MESSAGE_REGISTRY.get(str(action), []))]
-        for model in candidates:
+        sent = _sends(self.consumer)
+        declared = [m for m in sent if issubclass(m, BaseMessage) and action in _message_actions(m)]
+        for model in [*declared, *reversed(_MESSAGE_REGISTRY.get(str(action), []))]:
             try:
-                message: BaseMessage = model.model_validate(data)
-                return message
+                return model.model_validate(data)
             except ValidationError:
                 continue
         raise AssertionError(f"No message class matches the frame {data!r}.")
 
+    async def wait_for_auth(
+        self, send_authentication_message: bool | None = None, max_auth_time: float = 1.0
+    ) -> AuthenticationMessage | None:
+        """The authentication frame (None, at once, when the consumer sends none)."""
+        if send_authentication_message is None:
+            config = _config_of(self.consumer)
+            send_authentication_message = (
+                config.send_authentication_message
+                if config
+                else chanx_settings.SEND_AUTHENTICATION_MESSAGE
+            )
+        if not send_authentication_message:
+            return None
+        frame = await self._frame(time.monotonic() + max_auth_time, "authentication frame")
+        try:
+            return AuthenticationMessage.model_validate(self._wire.into(frame))
+        except ValidationError:
+            raise AssertionError(f"Expected the authentication frame, got {frame}") from None
+
     async def assert_authenticated_status_ok(self, timeout: float = 1.0) -> None:
         """The next frame is the authentication frame with status 200."""
-        frame = await self.receive_json_from(timeout)
-        data = _from_wire(frame, *self._wire())
-        ok = isinstance(data, dict) and data.get("action") == "authentication"
-        if (
-            not ok
-            or not isinstance(data.get("payload"), dict)
-            or (data["payload"].get("status_code") != 200)
-        ):
-            raise AssertionError(f"Expected a successful authentication frame, got {frame}")
+        message = await self.wait_for_auth(True, timeout)
+        if message is None or message.payload.status_code != 200:
+            raise AssertionError(
+                f"Expected a successful authentication frame, got {self.received[-1]}"
+            )
 
     async def assert_closed(self, code: int | None = None, timeout: float = 1.0) -> None:
         """The application closes the socket (with ``code`` when given) within ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
-            response = await self._next_output(max(deadline - time.monotonic(), 0))
+            response = await self._next(max(deadline - time.monotonic(), 0))
             if response is None:
                 raise AssertionError(
                     f"The socket was not closed within {timeout}s; received: {self.received}"
@@ -2754,36 +2872,54 @@ class WebsocketCommunicator(ApplicationCommunicator):
         self.connected = False
 
 
-class WebsocketTestCase(TestCase):
-    """A Django ``TestCase`` for websocket consumers.
+_COMPLETION_ACTIONS = frozenset((ACTION_COMPLETE, GROUP_ACTION_COMPLETE, EVENT_ACTION_COMPLETE))
+
+
+def _consumer_at(application: Any, path: str) -> type[Any] | None:
+    """The consumer class ``application`` routes ``path`` to, if it can be found."""
+    if getattr(application, "consumer_class", None) is not None:
+        found: type[Any] = application.consumer_class
+        return found
+    try:
+        routes = discover_routes(application)
+    except Exception:  # an application chanx cannot walk
+        return None
+    return next((r.consumer for r in routes if r.match(path) is not None), None)
+
+
+class _WebsocketTestCase:
+    """A Django ``TestCase`` for websocket consumers (``WebsocketTestCase``).
 
     ``ws_path`` is routed through the project's websocket application (with
-    its middleware) unless ``application`` is set; ``consumer`` types the
-    frames of ``receive_all_messages``. ``get_ws_headers()`` supplies the
-    credentials of ``auth_communicator``; ``create_communicator`` makes more
-    users or tabs. Every communicator is disconnected when the test ends.
+    its middleware) unless ``application`` (chanx 2.x: ``router``) is set;
+    ``consumer`` types the frames of ``receive_all_messages``. Every
+    communicator made with ``create_communicator()`` has the credentials of
+    ``get_ws_headers()`` / ``get_ws_query_string()`` / ``get_subprotocols()``
+    unless given others, and is disconnected when the test ends;
+    ``auth_communicator`` is the first one (made on first use).
 
     Each test runs inside a transaction that is rolled back afterwards (the
-    speed of ``TestCase``), and so do the consumers it drives: an async test
-    runs its event loop in a helper thread while the ORM's calls run on the
-    test's own thread, with the test's connection, so ``setUp`` data is
-    visible to the consumer. chanx never closes a connection inside a
-    transaction, and during the test Channels' ``database_sync_to_async``
-    does the same. Sync code that runs in another thread
+    speed of ``TestCase``), and so does the consumer's database work: an
+    async test runs its event loop in a helper thread while the ORM's calls
+    run on the test's own thread, on the test's connection, so ``setUp``
+    data is visible to the consumer. chanx never closes a connection inside
+    a transaction, nor does Channels' ``database_sync_to_async`` during the
+    test. The ``get_ws_*`` methods run after ``setUp``, in sync code: they
+    may use the ORM. Code that runs in another thread
     (``thread_sensitive=False``) has its own connection and does not see the
-    test's data: use ``TransactionTestCase`` semantics (pytest's
-    ``django_db(transaction=True)``) with a plain ``WebsocketCommunicator``.
+    test's data: use a ``WebsocketCommunicator`` under
+    ``TransactionTestCase`` (pytest's ``django_db(transaction=True)``).
     """
 
     ws_path: str = ""
     consumer: type[Any] | None = None
     application: Any = None
+    router: Any = None
 
     def __init__(self, methodName: str = "runTest") -> None:
-        super().__init__(methodName)
+        super().__init__(methodName)  # type: ignore[call-arg]
         self._communicators: list[WebsocketCommunicator] = []
-        self._auth_communicator: WebsocketCommunicator | None = None
-        self._ws_credentials: tuple[list[tuple[bytes, bytes]], str] | None = None
+        self._credentials: tuple[list[tuple[bytes, bytes]], str, list[str]] | None = None
         method = getattr(self, methodName, None)
         if inspect.iscoroutinefunction(method):
             test = method
@@ -2798,32 +2934,38 @@ class WebsocketTestCase(TestCase):
             setattr(self, methodName, run_then_disconnect)
 
     def _callTestMethod(self, method: Any) -> None:
-        # After setUp, in sync code: get_ws_headers() may use the ORM.
-        self._ws_credentials = (list(self.get_ws_headers()), self.get_ws_query_string())
-        import channels.db
         from unittest import mock
 
+        import channels.db
+
+        self._credentials = (
+            list(self.get_ws_headers()),
+            self.get_ws_query_string(),
+            list(self.get_subprotocols()),
+        )
         with mock.patch.object(channels.db, "close_old_connections", _close_old_connections):
             super()._callTestMethod(method)  # type: ignore[misc]
 
     def get_ws_headers(self) -> list[tuple[bytes, bytes]]:
-        """Headers of ``auth_communicator`` (e.g. a token or a session cookie)."""
+        """Headers of the test's communicators (e.g. a token or a session cookie)."""
         return []
 
     def get_ws_query_string(self) -> str:
-        """Query string of ``auth_communicator`` (e.g. ``"token=..."``)."""
+        """Query string of the test's communicators (e.g. ``"token=..."``)."""
         return ""
 
+    def get_subprotocols(self) -> list[str]:
+        """Subprotocols the test's communicators offer."""
+        return []
+
     def get_application(self) -> Any:
-        if self.application is not None:
-            return self.application
+        if self.application is not None or self.router is not None:
+            return self.application or self.router
         from django.conf import settings
 
         if self.consumer is not None and not getattr(settings, "ASGI_APPLICATION", None):
             return self.consumer.as_asgi()
-        from channels.routing import get_default_application
-
-        return get_default_application()
+        return _default_application()
 
     def create_communicator(
         self,
@@ -2835,14 +2977,22 @@ class WebsocketTestCase(TestCase):
         subprotocols: Sequence[str] | None = None,
     ) -> WebsocketCommunicator:
         """A new communicator (another user, another tab), disconnected at teardown."""
+        if self._credentials is None:
+            self._credentials = (
+                list(self.get_ws_headers()),
+                self.get_ws_query_string(),
+                list(self.get_subprotocols()),
+            )
+        default_headers, default_query, default_protocols = self._credentials
         target = ws_path if ws_path is not None else self.ws_path
-        if query_string:
-            target = f"{target}{'&' if '?' in target else '?'}{query_string}"
+        query = default_query if query_string is None else query_string
+        if query:
+            target = f"{target}{'&' if '?' in target else '?'}{query}"
         communicator = WebsocketCommunicator(
             self.get_application(),
             target,
-            headers,
-            subprotocols,
+            default_headers if headers is None else headers,
+            default_protocols if subprotocols is None else subprotocols,
             user=user,
             consumer=self.consumer,
         )
@@ -2851,55 +3001,116 @@ class WebsocketTestCase(TestCase):
 
     @property
     def auth_communicator(self) -> WebsocketCommunicator:
-        """The communicator with ``get_ws_headers()`` credentials, made on first use."""
-        if self._auth_communicator is None:
-            headers, query = self._ws_credentials or (
-                self.get_ws_headers(),
-                self.get_ws_query_string(),
-            )
-            self._auth_communicator = self.create_communicator(headers=headers, query_string=query)
-        return self._auth_communicator
+        """The first communicator of the test (made with the defaults on first use)."""
+        return self._communicators[0] if self._communicators else self.create_communicator()
 
     async def disconnect_all(self) -> None:
         """Disconnect every communicator this test created."""
         for communicator in self._communicators:
             await communicator.disconnect()
         self._communicators.clear()
-        self._auth_communicator = None
+
+
+if typing.TYPE_CHECKING:
+
+    class WebsocketTestCase(_WebsocketTestCase, TestCase): ...
+
+
+@functools.cache
+def _websocket_test_case() -> type[Any]:
+    from django.test import TestCase
+
+    doc = _WebsocketTestCase.__doc__
+    return type(
+        "WebsocketTestCase",
+        (_WebsocketTestCase, TestCase),
+        {"__doc__": doc, "__module__": __name__},
+    )
+
+
+_LAZY: dict[str, Callable[[], Any]] = {
+    "ChanxSerializer": lambda: _drf_classes()[0],
+    "ChanxAuthView": lambda: _drf_classes()[1],
+    "WebsocketTestCase": _websocket_test_case,  # django.test is imported only by tests
+}
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: public names built on first use
+    if name in _LAZY:
+        return _LAZY[name]()
+    raise AttributeError(f"module 'chanx' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 ###############################################################################
 # Command line ################################################################
-###############################################################################
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m chanx asyncapi`` prints the document, ``routes`` the endpoints."""
+    """``python -m chanx routes`` lists the endpoints, ``asyncapi`` prints the document."""
+    import argparse
     import os
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or args[0] not in ("asyncapi", "routes"):
-        print("usage: python -m chanx {asyncapi|routes}", file=sys.stderr)
-        return 2
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--settings",
+        default=argparse.SUPPRESS,
+        help="settings module, e.g. mysite.settings (default: $DJANGO_SETTINGS_MODULE)",
+    )
+    common.add_argument(
+        "--pythonpath",
+        default=argparse.SUPPRESS,
+        help="directory to add to the import path, e.g. the one of manage.py",
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m chanx", parents=[common], description=main.__doc__
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("routes", parents=[common], help="list the websocket endpoints")
+    document = commands.add_parser(
+        "asyncapi", parents=[common], help="print the AsyncAPI 3.0 document"
+    )
+    document.add_argument(
+        "--format", choices=("json", "yaml"), default="json", help="JSON is also YAML 1.2"
+    )
+    document.add_argument("--file", help="write the document to this file instead of printing it")
+    document.add_argument(
+        "--base-url",
+        help="where clients connect (default: WEBSOCKET_BASE_URL, else ws://localhost:8000)",
+    )
+    document.add_argument("--title")
+    document.add_argument("--api-version")
+    document.add_argument("--description")
+    args = parser.parse_args(argv)
+    if getattr(args, "settings", None):
+        os.environ["DJANGO_SETTINGS_MODULE"] = args.settings
     if not os.environ.get("DJANGO_SETTINGS_MODULE"):
-        print(
-            "chanx: DJANGO_SETTINGS_MODULE is not set; run e.g. "
-            "DJANGO_SETTINGS_MODULE=config.settings python -m chanx " + args[0],
-            file=sys.stderr,
-        )
-        return 2
+        parser.error("DJANGO_SETTINGS_MODULE is not set: pass --settings mysite.settings")
+    sys.path.insert(0, os.path.abspath(getattr(args, "pythonpath", None) or os.getcwd()))
     import django
 
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    django.setup()
-    if args[0] == "asyncapi":
-        print(json.dumps(asyncapi_schema(), indent=2))
-    else:
+    try:
+        django.setup()
+    except ImportError as exc:
+        parser.error(
+            f"cannot load the settings {os.environ['DJANGO_SETTINGS_MODULE']!r}: {exc}; pass --pythonpath (the directory of manage.py)"
+        )
+    if args.command == "routes":
         for route in discover_routes():
             consumer = f"{route.consumer.__module__}.{route.consumer.__qualname__}"
             summary = route.description.splitlines()[0] if route.description else ""
             print(f"{route.path}\t{consumer}\t{summary}".rstrip())
+        return 0
+    options = {"title": args.title, "version": args.api_version, "description": args.description}
+    text = json.dumps(asyncapi_schema(base_url=args.base_url, **options), indent=2)
+    if args.file:
+        with open(args.file, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
+    else:
+        print(text)
     return 0
 
 
