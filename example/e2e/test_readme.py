@@ -341,11 +341,12 @@ class Project:
         timeout: float = MANAGE_TIMEOUT,
         check: bool = True,
         cwd: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             command,
             cwd=cwd or self.cwd or self.root,
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -888,7 +889,12 @@ def test_testing_snippet_under_pytest(project: Project) -> None:
     words = shlex.split(command)
     assert words[0] == "pytest", command
     report = project.dir.parent / f"report-{project.case}.xml"
-    done = project.run(project.python_command("-m", *words, f"--junitxml={report}"), check=False)
+    # Only the plugin the README installs (this venv has pytest-asyncio and more).
+    done = project.run(
+        project.python_command("-m", *words, "-p", "pytest_django.plugin", f"--junitxml={report}"),
+        check=False,
+        env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+    )
     assert report.exists(), done.stdout + done.stderr
     cases = ElementTree.parse(report).getroot().iter("testcase")
     ran: list[str] = []
