@@ -818,17 +818,6 @@ def test_cross_origin_handshake_is_refused(project: Project, server: Server) -> 
     assert refused.value.response.status_code == 403
 
 
-# Until chanx.py speaks the subprotocols of issue 13, this test must fail; from
-# then on, it must pass (whichever of the two commits lands first).
-SUBPROTOCOLS_IN_CHANX = "chanx.auth." in (REPO_DIR / "chanx.py").read_text()
-
-
-@pytest.mark.xfail(
-    not SUBPROTOCOLS_IN_CHANX,
-    strict=True,
-    raises=AssertionError,
-    reason="chanx bug (issue 13): no `chanx` subprotocol, no chanx.auth.<token> yet",
-)
 def test_browser_token_subprotocol(project: Project, server: Server) -> None:
     """What the README tells browsers: ["chanx", "chanx.auth." + b64url("Token " + key)]."""
     from websockets.asyncio.client import connect
