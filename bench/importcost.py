@@ -3,6 +3,7 @@
     python importcost.py                     # one JSON line: baseline_ms, chanx_ms
     python -X importtime importcost.py       # also: the import tree on stderr
     python importcost.py --profile 30        # cProfile of `import chanx`, top 30
+    python importcost.py --with-model        # baseline also builds one pydantic model
 
 run.py's ``import`` job calls it in a fresh process per measurement with the
 chanx peer's venv and PYTHONPATH (the chanx.py snapshot, byte-compiled first,
@@ -14,6 +15,11 @@ as an installed module would be). Definition (bench/README.md):
   ``django.setup()``, ``import channels, channels.layers, rest_framework``,
   ``from pydantic import BaseModel, TypeAdapter``;
 - chanx: the time of ``import chanx`` right after, in the same process.
+
+``--with-model``: the baseline also defines one ``BaseModel`` subclass with a
+``Field`` and builds one ``TypeAdapter``, the first-use cost (``pydantic.fields``,
+``annotated_types``, the plugin loader) that any project with one pydantic
+model pays; what remains on top is chanx's own.
 
 Only ``sys`` and ``time`` (both built in) are imported before the baseline
 starts. A line ``--- import chanx ---`` is written to stderr just before
@@ -44,8 +50,15 @@ django.setup()
 import channels  # noqa: E402
 import channels.layers  # noqa: E402, F401
 import rest_framework  # noqa: E402, F401
-from pydantic import BaseModel, TypeAdapter  # noqa: E402, F401
+from pydantic import BaseModel, TypeAdapter  # noqa: E402
 
+if "--with-model" in sys.argv:
+    from pydantic import Field
+
+    class _First(BaseModel):
+        name: str = Field(default="", max_length=10)
+
+    TypeAdapter(int)
 t1 = time.perf_counter()
 modules_before = len(sys.modules)
 if "--profile" in sys.argv:

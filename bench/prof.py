@@ -8,7 +8,8 @@
 
 Runs with the peer's venv (made by run.py) and the same settings and driver
 as the benchmark. ``--what`` also accepts ``nohop`` (echo on the no-hop route),
-``fanout`` and ``chat``.
+``fanout`` and ``chat``. ``--token``: connect and memory on ws/auth/ with a DRF
+token per connection (the benchmark's main connect and memory figures).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def outer(a: argparse.Namespace) -> int:
         str(a.n),
         "--top",
         str(a.top),
-    ] + (["--attribute", a.attribute] if a.attribute else [])
+    ]
+    cmd += ["--attribute", a.attribute] if a.attribute else []
+    cmd += ["--token"] if a.token else []
     return subprocess.call(cmd, env=env, cwd=HERE)
 
 
@@ -57,10 +60,16 @@ def inner(a: argparse.Namespace) -> int:
 
     peer = worker.setup_peer(a.peer)
     app = peer.application
+    route = "/ws/auth/" if a.token else "/ws/echo/"
+    tokens = worker._tokens(max(a.n, 20)) if a.token else [()] * max(a.n, 20)
 
     async def connects(n):
-        for _ in range(n):
-            c = worker.Conn(app, "/ws/connect/")
+        for i in range(n):
+            c = (
+                worker.Conn(app, "/ws/auth/", tokens[i % len(tokens)])
+                if a.token
+                else worker.Conn(app, "/ws/connect/")
+            )
             await c.connect(peer.CONNECT_FRAMES)
             await c.close()
 
@@ -75,8 +84,8 @@ def inner(a: argparse.Namespace) -> int:
     async def main():
         if a.what == "memory":
             conns = []
-            for _ in range(20):  # warm up
-                c = worker.Conn(app, "/ws/echo/")
+            for i in range(20):  # warm up
+                c = worker.Conn(app, route, tokens[i])
                 await c.connect(peer.CONNECT_FRAMES)
                 conns.append(c)
             await worker.close_all(conns)
@@ -84,8 +93,8 @@ def inner(a: argparse.Namespace) -> int:
             tracemalloc.start(25)
             before = tracemalloc.take_snapshot()
             conns = []
-            for _ in range(a.n):
-                c = worker.Conn(app, "/ws/echo/")
+            for i in range(a.n):
+                c = worker.Conn(app, route, tokens[i])
                 await c.connect(peer.CONNECT_FRAMES)
                 conns.append(c)
             gc.collect()
@@ -160,6 +169,7 @@ def main() -> int:
     )
     ap.add_argument("-n", type=int, default=500)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--token", action="store_true", help="connect/memory with a DRF token")
     ap.add_argument(
         "--attribute",
         metavar="SUBSTR",

@@ -77,6 +77,7 @@ FULL = {
     "db_conns": 10,
     "db_msgs": 100,
     "db_warm": 10,
+    "db_rounds": 3,
     "import_runs": 3,
 }
 QUICK = {
@@ -99,6 +100,7 @@ QUICK = {
     "db_conns": 3,
     "db_msgs": 20,
     "db_warm": 3,
+    "db_rounds": 2,
     "import_runs": 3,
 }
 # keys --scale multiplies (message and connect counts; not connection counts)
@@ -369,17 +371,36 @@ def run_socket(peer: str, sizes: dict, tmp: str, timeout: float) -> dict:
         server.stop()
 
 
-def run_db(peer: str, variant: str, sizes: dict, tmp: str, timeout: float, db_url: str) -> dict:
-    """One DB variant for one peer: uvicorn on PostgreSQL, the db client, hop counting on."""
+def run_db_pair(
+    peers: list[str], variant: str, sizes: dict, tmp: str, timeout: float, db_url: str
+) -> dict:
+    """One DB variant: a uvicorn server per peer, both up at once, on the same PostgreSQL.
+
+    The db client then runs ``db_rounds`` times per peer, alternating peers
+    (A B, B A, A B, ...), so round k of each peer is measured seconds apart and
+    background load falls on both alike. Hop counting is on in both servers.
+    Returns {peer: {variant: {metric: [one value per round]}}}.
+    """
     extra = {"BENCH_DATABASE_URL": db_url, **DB_VARIANTS[variant]}
-    server = _Server(peer, tmp, extra, count=True, venv=DB_VENV)
+    # the 1-connection variant sends as many frames, one at a time
+    conns, msgs = (1, sizes["db_conns"] * sizes["db_msgs"]) if variant.endswith("s") else (
+        sizes["db_conns"], sizes["db_msgs"])  # fmt: skip
+    args = ["--kind", "db", "--conns", str(conns), "--msgs", str(msgs),
+            "--warm", str(sizes["db_warm"])]  # fmt: skip
+    servers: dict[str, _Server] = {}
+    out: dict = {p: {variant: {}} for p in peers}
     try:
-        conns = 1 if variant.endswith("s") else sizes["db_conns"]
-        args = ["--kind", "db", "--conns", str(conns), "--msgs",
-                str(sizes["db_msgs"]), "--warm", str(sizes["db_warm"])]  # fmt: skip
-        return {variant: _client(peer, server, "/ws/db/", args, tmp, timeout, variant)}
+        for p in peers:
+            servers[p] = _Server(p, tmp, extra, count=True, venv=DB_VENV)
+        for r in range(sizes["db_rounds"]):
+            for p in peers if r % 2 == 0 else peers[::-1]:
+                res = _client(p, servers[p], "/ws/db/", args, tmp, timeout, variant)
+                for k, v in res.items():
+                    out[p][variant].setdefault(k, []).append(v)
+        return out
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
 
 
 def db_setup(tmp: str, db_url: str, rows: int) -> dict:
@@ -416,19 +437,21 @@ def run_import(sizes: dict, tmp: str, timeout: float, venvs: list[str]) -> dict:
 
     "current" is the primary figure; "db" (psycopg installed) is reported beside it.
     """
-    return {
+    out = {
         ("import" if venv == "current" else f"import_{venv}"): _import_runs(
             sizes["import_runs"], tmp, timeout, venv
         )
         for venv in venvs
     }
+    out["import_model"] = _import_runs(sizes["import_runs"], tmp, timeout, "current", True)
+    return out
 
 
-def _import_runs(n: int, tmp: str, timeout: float, venv: str) -> dict:
+def _import_runs(n: int, tmp: str, timeout: float, venv: str, model: bool = False) -> dict:
     runs = []
     for _ in range(n):
         p = subprocess.run(
-            [_venv_python(venv), IMPORTCOST],
+            [_venv_python(venv), IMPORTCOST, *(["--with-model"] if model else [])],
             env=_import_env(tmp),
             capture_output=True,
             text=True,
@@ -601,8 +624,12 @@ for _v, _label in DB_LABELS.items():
     ROWS += [
         (
             "PostgreSQL, uvicorn, "
-            + ("1 conn" if _v.endswith("s") else "{db_conns} conns")
-            + " × {db_msgs} frames, 1 row read + written "
+            + (
+                "1 conn, as many frames one at a time"
+                if _v.endswith("s")
+                else "{db_conns} conns × {db_msgs} frames"
+            )
+            + ", 1 row read + written "
             f"per frame: {_label.split(', 1 connection')[0]}",
             None,
         ),
@@ -768,7 +795,14 @@ def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: 
     L.append("- peers: " + "; ".join(PEERS[p]["label"] for p in peers))
     L.append(
         f"- {sizes['reps']} repetition(s), median shown; jobs interleaved across peers, "
-        f"peer order rotated each repetition; jobs: {', '.join(meta['jobs'])}; "
+        f"peer order rotated each repetition"
+        + (
+            f" (db job: {sizes['db_rounds']} alternating rounds per repetition, "
+            "both servers up at once)"
+            if "db" in meta["jobs"]
+            else ""
+        )
+        + f"; jobs: {', '.join(meta['jobs'])}; "
         f"run time {meta['elapsed']:.0f}s"
     )
     L.append(f"- sizes: {json.dumps({k: v for k, v in sizes.items() if k != 'reps'})}")
@@ -807,6 +841,7 @@ def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: 
         L.append("|---|---|---|---|---|---|---|")
         for key, label in (
             ("import", "current (no psycopg)"),
+            ("import_model", "current, the baseline also builds one pydantic model"),
             (f"import_{DB_VENV}", "db (psycopg installed)"),
         ):
             if not imp.get(f"{key}.ratio"):
@@ -957,7 +992,7 @@ def _git(*args: str) -> str:
     return p.stdout.strip() if p.returncode == 0 else ""
 
 
-def chanx_stamp(src: bytes) -> dict:
+def chanx_stamp(src: bytes, rev: str = "HEAD") -> dict:
     """sha256 of the measured chanx.py and which commit has exactly that file."""
     stamp = {
         "chanx_sha256": hashlib.sha256(src).hexdigest(),
@@ -1032,6 +1067,11 @@ def main() -> int:
         metavar="KEY=N",
         help=f"override one size, e.g. --set fanout_conns=500 (keys: {', '.join(k for k in FULL if k != 'reps')})",
     )
+    ap.add_argument(
+        "--chanx-rev",
+        metavar="REV",
+        help="measure chanx.py as committed at REV (e.g. HEAD) instead of the working tree's",
+    )
     ap.add_argument("--python", default=sys.executable, help="interpreter the venvs are made from")
     ap.add_argument(
         "--out", help="report path (default bench/results.md; --quick: bench/out/quick-results.md)"
@@ -1081,9 +1121,16 @@ def main() -> int:
             subprocess.run([py, WORKER, "info"], capture_output=True, text=True, check=True).stdout
         )
     if "chanx" in peers:
-        with open(os.path.join(REPO, "chanx.py"), "rb") as f:
-            src = f.read()
-        meta.update(chanx_stamp(src))
+        if a.chanx_rev:
+            src = subprocess.run(
+                ["git", "-C", REPO, "show", f"{a.chanx_rev}:chanx.py"],
+                capture_output=True,
+                check=True,
+            ).stdout
+        else:
+            with open(os.path.join(REPO, "chanx.py"), "rb") as f:
+                src = f.read()
+        meta.update(chanx_stamp(src, a.chanx_rev or "HEAD"))
 
     import_venvs = ["current"]
     if "db" in jobs or "import" in jobs:
@@ -1110,6 +1157,17 @@ def main() -> int:
             f.write(src)
         compile_snapshot()
     units = [(job, v) for job in jobs for v in (DB_VARIANTS if job == "db" else [None])]
+
+    def record(peer: str, res: dict) -> None:
+        for scen, vals in res.items():
+            for k, v in vals.items():
+                if isinstance(v, list):
+                    data[peer].setdefault(f"{scen}.{k}", []).extend(v)
+                elif isinstance(v, (int, float)):
+                    data[peer].setdefault(f"{scen}.{k}", []).append(v)
+                elif isinstance(v, str):
+                    info[peer][f"{scen}.{k}"] = v
+
     pg = None
     db_url = ""
     try:
@@ -1118,6 +1176,22 @@ def main() -> int:
         for rep in range(sizes["reps"]):
             order = peers[rep % len(peers) :] + peers[: rep % len(peers)]
             for job, variant in units:
+                if job == "db":
+                    pair = [p for p in order if p in JOB_PEERS["db"]]
+                    t0 = time.monotonic()
+                    try:
+                        results = run_db_pair(pair, variant, sizes, tmp, timeout, db_url)
+                    except JobError as e:
+                        errors.append(f"rep {rep + 1} job {variant} peers {pair}: {e}")
+                        log(f"[rep {rep + 1}/{sizes['reps']}] {variant:<11} ERROR (see report)")
+                        continue
+                    for peer, res in results.items():
+                        record(peer, res)
+                    log(
+                        f"[rep {rep + 1}/{sizes['reps']}] {variant:<11} {'+'.join(pair):<8} "
+                        f"{time.monotonic() - t0:5.1f}s"
+                    )
+                    continue
                 for peer in order:
                     if job in JOB_PEERS and peer not in JOB_PEERS[job]:
                         continue
@@ -1126,8 +1200,6 @@ def main() -> int:
                     try:
                         if job == "socket":
                             res = run_socket(peer, sizes, tmp, timeout)
-                        elif job == "db":
-                            res = run_db(peer, variant, sizes, tmp, timeout, db_url)
                         elif job == "import":
                             res = run_import(sizes, tmp, timeout, import_venvs)
                         elif job == "logging":
@@ -1146,14 +1218,7 @@ def main() -> int:
                             f"[rep {rep + 1}/{sizes['reps']}] {name:<11} {peer:<8} ERROR (see report)"
                         )
                         continue
-                    for scen, vals in res.items():
-                        for k, v in vals.items():
-                            if isinstance(v, list):
-                                data[peer].setdefault(f"{scen}.{k}", []).extend(v)
-                            elif isinstance(v, (int, float)):
-                                data[peer].setdefault(f"{scen}.{k}", []).append(v)
-                            elif isinstance(v, str):
-                                info[peer][f"{scen}.{k}"] = v
+                    record(peer, res)
                     log(
                         f"[rep {rep + 1}/{sizes['reps']}] {name:<11} {peer:<8} "
                         f"{time.monotonic() - t0:5.1f}s"
