@@ -2863,6 +2863,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
 
     async def disconnect(self, code: int = 1000, timeout: float = 1.0) -> None:
         """Close from the client side and wait for the application to finish."""
+        _FORCED_USERS.pop(self.scope.get(_FORCE_USER_KEY, ""), None)
         if not self.future.done():
             await self._input({"type": "websocket.disconnect", "code": code})
             await asyncio.wait({self.future}, timeout=timeout)
