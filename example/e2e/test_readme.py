@@ -65,7 +65,7 @@ import sysconfig
 import urllib.request
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -319,7 +319,6 @@ class Project:
     database: str | None = None  # PostgreSQL URL, when DATABASE_URL is one
     cwd: Path | None = None
     token: str = ""
-    log: list[str] = field(default_factory=list)
 
     @property
     def dir(self) -> Path:
@@ -351,7 +350,6 @@ class Project:
             text=True,
             timeout=timeout,
         )
-        self.log.append(f"$ {shlex.join(command)}\n{done.stdout}{done.stderr}")
         if check and done.returncode != 0:
             raise AssertionError(
                 f"{shlex.join(command)} failed ({done.returncode}) in {self.case}:\n"
