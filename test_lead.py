@@ -3,18 +3,17 @@
 import asyncio
 import base64
 import contextlib
-import time
 import json
 import logging
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
@@ -22,7 +21,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import connection, connections
 from django.db.backends.signals import connection_created
-from django.test import RequestFactory, override_settings
+from django.test import override_settings
 from pydantic import BaseModel
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.authtoken.models import Token
@@ -35,8 +34,6 @@ from chanx import (
     BaseChannelEvent,
     BaseMessage,
     ChanxConfigError,
-    PingMessage,
-    PongMessage,
     WebsocketCommunicator,
     event_handler,
     path,
@@ -717,7 +714,7 @@ def test_asyncapi_lists_completion_and_authentication_frames_only_when_they_are_
     titles = lambda: {
         m["title"]
         for m in chanx.asyncapi_schema([route(HoldConsumer)])["components"]["messages"].values()
-    }  # noqa: E731
+    }
     assert titles() >= {"AuthenticationMessage", "ErrorMessage"} and not titles() & {
         "CompleteMessage",
         "GroupCompleteMessage",
