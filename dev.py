@@ -5,6 +5,12 @@
 
 Both create (once) a virtual environment in .venv and install what they need;
 running them again is fast and safe.
+
+The database is the example's SQLite file unless DATABASE_URL says otherwise
+(``postgres://user@host:port/name`` or ``sqlite:////absolute/path``; see
+example/config/settings.py). Tests run in random order: the header gives the
+seed, ``python3 dev.py test -p randomly --randomly-seed=N`` replays it and
+``-p no:randomly`` keeps file order.
 """
 
 from __future__ import annotations
