@@ -1,21 +1,17 @@
 """chanx: the missing toolkit for Django Channels, in one module.
 
-Typed websocket consumers for Django Channels: DRF authentication and
-permissions on connect, Pydantic-validated messages dispatched to handlers,
-group pub/sub and server-side events, clear error frames, structured JSON
-logging, route discovery, an AsyncAPI 3.0 document, a playground page and
-test utilities.
+DRF authentication and permissions on connect, Pydantic-validated messages
+dispatched to typed handlers, group pub/sub and server-side events, clear
+error frames, JSON logging, route discovery, an AsyncAPI 3.0 document, a
+playground page and test utilities, for Django Channels consumers.
 
-    pip install "chanx @ git+https://github.com/chanx-dev/chanx.py"   # or copy
-    # this file next to manage.py (anywhere on the import path)
-
-The README of the chanx repository is the guide; this file is the reference.
-Licence: MIT. Runtime dependencies: django, channels, djangorestframework,
-pydantic.
+Install it from its repository (``pip install .``) or copy this file next to
+``manage.py``. The README is the guide; this file is the reference. Licence:
+MIT. Runtime dependencies: django, channels, djangorestframework, pydantic.
 
 The parts, in the order a connection lives through them (``grep '^# .* ####'
-chanx.py`` prints them): Errors, Settings, Messages, Logging, Authentication,
-Consumer, Routing and discovery, AsyncAPI, Playground, Testing, Command line.
+chanx.py``): Errors, Settings, Messages, Logging, Authentication, Consumer,
+Routing and discovery, AsyncAPI, Playground, Testing, Command line.
 """
 
 from __future__ import annotations
@@ -32,12 +28,12 @@ __all__ = [
     "IncomingMessage", "PingMessage", "PongMessage", "ErrorMessage", "AuthenticationPayload",
     "AuthenticationMessage", "CompleteMessage", "GroupCompleteMessage", "EventCompleteMessage",
     "ACTION_COMPLETE", "GROUP_ACTION_COMPLETE", "EVENT_ACTION_COMPLETE", "MESSAGE_ACTION_COMPLETE",
-    # Close codes
+    # Close codes and the subprotocol
     "CLOSE_UNAUTHORIZED", "CLOSE_FORBIDDEN", "CLOSE_NOT_FOUND", "CLOSE_TOO_MANY_REQUESTS",
-    "CLOSE_SERVER_ERROR",
+    "CLOSE_SERVER_ERROR", "SUBPROTOCOL",
     # Logging
     "logger", "JsonFormatter",
-    # Authentication
+    # Authentication (the DRF view and serializer are built on first use)
     "AuthenticationResult", "ChanxSerializer", "ChanxAuthView", "ChanxWebsocketAuthenticator",  # noqa: F822
     "DjangoAuthenticator",
     # Consumer
@@ -45,8 +41,8 @@ __all__ = [
     # Routing, discovery, AsyncAPI and playground
     "include", "path", "re_path", "RouteInfo", "discover_routes", "asyncapi_schema",
     "playground_view", "routes_view", "asyncapi_view", "urlpatterns",
-    # Testing
-    "WebsocketCommunicator", "WebsocketTestCase", "CapturedEvent", "capture_events",
+    # Testing (WebsocketTestCase is built on first use: servers never import django.test)
+    "WebsocketCommunicator", "WebsocketTestCase", "CapturedEvent", "capture_events",  # noqa: F822
     "capture_broadcast_events",
 ]
 # fmt: on
@@ -92,36 +88,31 @@ if typing.TYPE_CHECKING:
     from django.test import TestCase
     from rest_framework.request import Request
 
-#: Actions of the built-in completion frames (``MESSAGE_ACTION_COMPLETE``: chanx 2.x's name).
+#: Actions of the completion frames (``MESSAGE_ACTION_COMPLETE``: chanx 2.x's name).
 ACTION_COMPLETE = MESSAGE_ACTION_COMPLETE = "complete"
 GROUP_ACTION_COMPLETE = "group_complete"
 EVENT_ACTION_COMPLETE = "event_complete"
 
-#: Close codes: 4000 + the HTTP status of the failed handshake.
+#: Close codes: 4000 + the HTTP status of the refused handshake.
 CLOSE_UNAUTHORIZED = 4401  # not authenticated: log in again
 CLOSE_FORBIDDEN = 4403  # authenticated, not allowed
 CLOSE_NOT_FOUND = 4404  # the URL's object does not exist
 CLOSE_TOO_MANY_REQUESTS = 4429  # a DRF throttle refused the handshake
 CLOSE_SERVER_ERROR = 4500
 
-#: Subprotocols: the one every chanx consumer speaks, and the prefix of a
-#: browser's token (``chanx.auth.<base64url of an Authorization header value>``).
+#: The subprotocol chanx consumers speak; a browser may add its token as
+#: ``chanx.auth.<base64url of an Authorization header value>``.
 SUBPROTOCOL = "chanx"
 _AUTH_SUBPROTOCOL = "chanx.auth."
-#: Channel-layer message types chanx sends between consumers.
-_GROUP_TYPE = "chanx.group"
-_EVENT_TYPE = "chanx.event"
+_GROUP_TYPE, _EVENT_TYPE = "chanx.group", "chanx.event"  # channel-layer message types
 
-T = TypeVar("T")
-# A default, so ``class C(AsyncJsonWebsocketConsumer)`` (no events) is fine under
-# mypy --strict; typing_extensions comes with pydantic.
+# A default, so ``class C(AsyncJsonWebsocketConsumer)`` (no events) passes mypy --strict.
 EventT = TypeVar_("EventT", default=Any)
 Scope = dict[str, Any]
 ASGIMessage = dict[str, Any]
 Ref = str | int | None
 
 
-###############################################################################
 # Errors ######################################################################
 
 
@@ -137,11 +128,11 @@ class InvalidEventError(ChanxError, TypeError):
     """An event that the receiving consumer does not accept (raised at the sender)."""
 
 
-###############################################################################
 # Settings ####################################################################
 
-#: ``settings.CHANX`` keys: default and accepted types.
-_SETTINGS: dict[str, tuple[Any, tuple[type, ...]]] = {
+_NUMBER = (int, float)
+#: ``settings.CHANX`` keys: default, accepted types (or values).
+_SETTINGS: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "MESSAGE_ACTION_KEY": ("action", (str,)),  # the discriminator's name on the wire
     "CAMELIZE": (False, (bool,)),  # camelCase keys out, snake_case in
     "SEND_COMPLETION": (False, (bool,)),  # complete / group_complete / event_complete frames
@@ -150,25 +141,23 @@ _SETTINGS: dict[str, tuple[Any, tuple[type, ...]]] = {
     "LOG_RECEIVED_MESSAGE": (True, (bool,)),
     "LOG_SENT_MESSAGE": (True, (bool,)),
     "LOG_IGNORED_ACTIONS": ((), (list, tuple, set, frozenset)),
-    "WEBSOCKET_BASE_URL": (None, (str, type(None))),  # None: the host the page came from
+    "WEBSOCKET_BASE_URL": (None, (str, None)),  # None: the host the page came from
     "ASYNCAPI_TITLE": ("AsyncAPI Documentation", (str,)),
     "ASYNCAPI_DESCRIPTION": ("", (str,)),
     "ASYNCAPI_VERSION": ("1.0.0", (str,)),
     "MAX_MESSAGE_SIZE": (1024 * 1024, (int,)),  # bytes of one incoming frame
     "MAX_IN_FLIGHT_MESSAGES": (64, (int,)),  # frames waiting per connection (backpressure)
-    "BACKPRESSURE_TIMEOUT": (1.0, (int, float)),  # seconds of stopped reading before refusing
-    "RATE_LIMIT": (None, (int, float, type(None))),  # frames per second per connection
-    "RATE_LIMIT_BURST": (None, (int, float, type(None))),
-    "PLAYGROUND_ACCESS": ("debug_or_staff", (str,)),  # or "staff", "public", "off"
-    # chanx 2.x: LOG_WEBSOCKET_MESSAGE is the default of both LOG_*_MESSAGE, and
-    # the AsyncAPI server is ASYNCAPI_SERVER_PROTOCOL://ASYNCAPI_SERVER_URL.
-    "LOG_WEBSOCKET_MESSAGE": (None, (bool, type(None))),
-    "ASYNCAPI_SERVER_URL": (None, (str, type(None))),
-    "ASYNCAPI_SERVER_PROTOCOL": (None, (str, type(None))),
+    "BACKPRESSURE_TIMEOUT": (1.0, _NUMBER),  # seconds reading stops before frames are refused
+    "RATE_LIMIT": (None, (*_NUMBER, None)),  # frames per second per connection
+    "RATE_LIMIT_BURST": (None, (*_NUMBER, None)),
+    "PLAYGROUND_ACCESS": ("debug_or_staff", ("debug_or_staff", "staff", "public", "off")),
+    # chanx 2.x: LOG_WEBSOCKET_MESSAGE is the default of both LOG_*_MESSAGE, and the
+    # AsyncAPI server is ASYNCAPI_SERVER_PROTOCOL://ASYNCAPI_SERVER_URL.
+    "LOG_WEBSOCKET_MESSAGE": (None, (bool, None)),
+    "ASYNCAPI_SERVER_URL": (None, (str, None)),
+    "ASYNCAPI_SERVER_PROTOCOL": (None, (str, None)),
 }
 DEFAULTS: dict[str, Any] = {name: default for name, (default, _) in _SETTINGS.items()}
-_POSITIVE = ("MAX_MESSAGE_SIZE", "MAX_IN_FLIGHT_MESSAGES", "BACKPRESSURE_TIMEOUT", "RATE_LIMIT")
-_PLAYGROUND_ACCESS = ("debug_or_staff", "staff", "public", "off")
 
 
 def _setting_errors(user: Any) -> list[str]:
@@ -177,69 +166,53 @@ def _setting_errors(user: Any) -> list[str]:
         return [f"settings.CHANX must be a dict, but got {type(user).__name__}."]
     problems = []
     for key, value in user.items():
+        allowed = _SETTINGS.get(key, (None, ()))[1]
+        types_ = tuple(type(None) if a is None else a for a in allowed if not isinstance(a, str))
         if key not in _SETTINGS:
-            problems.append(
-                f"Unknown key {key!r} in settings.CHANX. Valid keys: {', '.join(sorted(_SETTINGS))}."
-            )
-            continue
-        kinds = _SETTINGS[key][1]
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            expected = " or ".join(t.__name__ for t in kinds)
-            problems.append(
-                f"settings.CHANX[{key!r}] should be {expected}, but got {type(value).__name__}."
-            )
-        elif (
-            key in (*_POSITIVE, "RATE_LIMIT_BURST")
-            and isinstance(value, (int, float))
-            and value <= 0
-        ):
+            valid = ", ".join(sorted(_SETTINGS))
+            problems.append(f"Unknown key {key!r} in settings.CHANX. Valid keys: {valid}.")
+        elif types_ and (not isinstance(value, types_) or type(value) is bool not in types_):
+            expected = " or ".join(t.__name__ for t in types_)
+            got = type(value).__name__
+            problems.append(f"settings.CHANX[{key!r}] should be {expected}, but got {got}.")
+        elif not types_ and value not in allowed:
+            expected = ", ".join(allowed)
+            problems.append(f"settings.CHANX[{key!r}] is {value!r}; expected one of {expected}.")
+        elif isinstance(value, _NUMBER) and type(value) is not bool and value <= 0:
             problems.append(f"settings.CHANX[{key!r}] must be positive, but got {value}.")
-    if user.get("PLAYGROUND_ACCESS", "debug_or_staff") not in _PLAYGROUND_ACCESS:
-        problems.append(
-            f"settings.CHANX['PLAYGROUND_ACCESS'] is {user['PLAYGROUND_ACCESS']!r}; "
-            f"expected one of {', '.join(_PLAYGROUND_ACCESS)}."
-        )
     return problems
 
 
 class ChanxSettings:
     """``settings.CHANX`` read lazily, checked, and refreshed in place.
 
-    ``chanx_settings.SEND_COMPLETION`` returns the user's value or the
-    default. The object is never replaced: ``override_settings(CHANX=...)``
-    empties its cache through the ``setting_changed`` signal, so every
-    reference sees the new values (the lesson of DRF #5668). A bad value is
-    a ``ChanxConfigError`` on first use, and ``manage.py check`` reports it
-    as ``chanx.E001`` when ``"chanx"`` is in ``INSTALLED_APPS``.
+    ``chanx_settings.SEND_COMPLETION`` is the user's value or the default.
+    ``override_settings(CHANX=...)`` empties the cache through the
+    ``setting_changed`` signal; the object is never replaced, so every
+    reference sees the new values (DRF #5668). A bad value raises
+    ``ChanxConfigError`` on first use; ``manage.py check`` reports it as
+    ``chanx.E001`` when ``"chanx"`` is in ``INSTALLED_APPS``.
     """
 
     def __init__(self) -> None:
         self._user: dict[str, Any] | None = None
         self.version = 0  # bumped on every reload, for caches built from settings
 
-    def _user_settings(self) -> dict[str, Any]:
-        if self._user is None:
-            from django.conf import settings
-
-            user = getattr(settings, "CHANX", {})
-            problems = _setting_errors(user)
-            if problems:
-                raise ChanxConfigError(" ".join(problems))
-            self._user = dict(user)
-        return self._user
-
     def __getattr__(self, name: str) -> Any:
         if name not in _SETTINGS:
             valid = ", ".join(sorted(_SETTINGS))
             raise AttributeError(f"Unknown chanx setting {name!r}. Valid settings: {valid}.")
-        user = self._user_settings()
-        value = user.get(name, DEFAULTS[name])
-        if name in ("LOG_RECEIVED_MESSAGE", "LOG_SENT_MESSAGE") and name not in user:
-            value = (
-                value
-                if user.get("LOG_WEBSOCKET_MESSAGE") is None
-                else user["LOG_WEBSOCKET_MESSAGE"]
-            )
+        if self._user is None:
+            from django.conf import settings
+
+            user = getattr(settings, "CHANX", {})
+            if problems := _setting_errors(user):
+                raise ChanxConfigError(" ".join(problems))
+            self._user = dict(user)
+            if self._user.get("LOG_WEBSOCKET_MESSAGE") is not None:  # chanx 2.x
+                for key in ("LOG_RECEIVED_MESSAGE", "LOG_SENT_MESSAGE"):
+                    self._user.setdefault(key, self._user["LOG_WEBSOCKET_MESSAGE"])
+        value = self._user.get(name, DEFAULTS[name])
         if name == "LOG_IGNORED_ACTIONS":
             value = frozenset(value)
         setattr(self, name, value)  # cached: later reads skip __getattr__
@@ -269,13 +242,10 @@ def _check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     """``manage.py check``: configuration mistakes reported once, at start-up."""
     from django.conf import settings
 
-    return [
-        checks.Error(problem, hint="Fix settings.CHANX.", id="chanx.E001")
-        for problem in _setting_errors(getattr(settings, "CHANX", {}))
-    ]
+    problems = _setting_errors(getattr(settings, "CHANX", {}))
+    return [checks.Error(p, hint="Fix settings.CHANX.", id="chanx.E001") for p in problems]
 
 
-###############################################################################
 # Messages ####################################################################
 
 #: Every concrete message class by action, for typed reads in tests.
@@ -561,7 +531,6 @@ _FIELD_NAME = re.compile(r"[A-Za-z_][\w-]{0,63}")
 _FRAME_REF: contextvars.ContextVar[Ref] = contextvars.ContextVar("chanx_ref", default=None)
 
 
-###############################################################################
 # Logging #####################################################################
 
 logger = logging.getLogger("chanx")
@@ -609,7 +578,6 @@ def _log_context(consumer: AsyncJsonWebsocketConsumer[Any], **extra: Any) -> dic
     return context
 
 
-###############################################################################
 # Authentication ##############################################################
 
 
@@ -806,6 +774,8 @@ class ChanxWebsocketAuthenticator:
                     )
                 obj = view.get_object()
         except (exceptions.APIException, Http404, PermissionDenied) as exc:
+            if isinstance(exc, Http404):  # DRF's own detail, whatever DRF's version says of it
+                exc = exceptions.NotFound()
             response = view.handle_exception(exc)  # DRF's detail (and EXCEPTION_HANDLER)
             unauthenticated = (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)
             status = 401 if isinstance(exc, unauthenticated) else response.status_code
@@ -829,7 +799,6 @@ def _plain(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-###############################################################################
 # Consumer ####################################################################
 
 
@@ -1892,7 +1861,6 @@ async def _ensure_db_hygiene() -> None:
         await sync_to_async(_close_old_connections)()
 
 
-###############################################################################
 # Routing and discovery #######################################################
 
 # Websocket routes use Django's own ``path`` / ``re_path`` (imported above):
@@ -2085,7 +2053,6 @@ def _check_origin(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
     ]
 
 
-###############################################################################
 # AsyncAPI ####################################################################
 
 
@@ -2320,7 +2287,6 @@ def _route_summary(route: RouteInfo) -> dict[str, Any]:
     }
 
 
-###############################################################################
 # Playground ##################################################################
 
 _PLAYGROUND_HTML = r"""<!DOCTYPE html>
@@ -2573,7 +2539,6 @@ urlpatterns = [
 ]
 
 
-###############################################################################
 # Testing #####################################################################
 
 
@@ -3046,7 +3011,6 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-###############################################################################
 # Command line ################################################################
 
 

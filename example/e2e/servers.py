@@ -217,6 +217,10 @@ def example_env(
     env.pop("REDIS_URL", None)
     if redis_url:
         env["REDIS_URL"] = redis_url
+    from e2e.postgres import database_url_for  # each demo database its own, of DATABASE_URL's kind
+
+    if url := database_url_for(sqlite_path):
+        env["DATABASE_URL"] = url
     return env
 
 
