@@ -42,7 +42,7 @@ __all__ = [
     "include", "path", "re_path", "RouteInfo", "discover_routes", "asyncapi_schema",
     "playground_view", "routes_view", "asyncapi_view", "urlpatterns",
     # Testing (WebsocketTestCase is built on first use: servers never import django.test)
-    "WebsocketCommunicator", "WebsocketTestCase", "CapturedEvent", "capture_events",  # noqa: F822
+    "WebsocketCommunicator", "WebsocketTestCase", "CapturedEvent", "capture_events",
     "capture_broadcast_events",
 ]
 # fmt: on
@@ -111,6 +111,7 @@ EventT = TypeVar_("EventT", default=Any)
 Scope = dict[str, Any]
 ASGIMessage = dict[str, Any]
 Ref = str | int | None
+Groups = str | Iterable[str] | None
 
 
 # Errors ######################################################################
@@ -264,8 +265,7 @@ class BaseMessage(BaseModel):
             payload: ChatPayload
     """
 
-    # Validators are built on first use, not at import (import time of the app).
-    model_config = ConfigDict(defer_build=True)
+    model_config = ConfigDict(defer_build=True)  # validators built on first use, not at import
 
     action: str
     payload: Any = None
@@ -301,7 +301,6 @@ class BaseIncomingMessage(BaseModel):
     """Early-style container: ``message`` is a union of accepted messages."""
 
     model_config = ConfigDict(defer_build=True)
-
     message: BaseMessage
 
 
@@ -339,7 +338,6 @@ class ErrorMessage(BaseMessage):
 
 class AuthenticationPayload(BaseModel):
     model_config = ConfigDict(defer_build=True)
-
     status_code: int
     status_text: str
     data: Any = None
@@ -437,11 +435,8 @@ def _json_with(text: str, fields: dict[str, Any]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Wire:
-    """How frames look to a client: ``CAMELIZE`` and ``MESSAGE_ACTION_KEY``.
-
-    Python code always sees snake_case field names and ``action``; every
-    frame in and out goes through one instance of this class.
-    """
+    """How frames look to a client (``CAMELIZE``, ``MESSAGE_ACTION_KEY``): every frame
+    in and out goes through one; Python code sees snake_case names and ``action``."""
 
     camelize: bool = False
     key: str = "action"
@@ -493,16 +488,14 @@ class _Wire:
         return adapter.validate_python(self.into(data))
 
     def errors(self, error: ValidationError, tags: Sequence[str] = ()) -> list[dict[str, Any]]:
-        """Pydantic errors a client may see: wire names, no input echoed, bounded.
-
-        Pydantic's text for an unknown tag repeats the client's value, and a
-        ``loc`` can hold keys of the client's JSON; both are replaced.
-        """
+        """Pydantic's errors in wire names, bounded, with no input echoed: the text of an
+        unknown tag repeats the client's value, a ``loc`` may hold its keys."""
         cleaned = []
         for item in error.errors(include_input=False, include_url=False)[:20]:
             kind, msg = item["type"], item["msg"]
             if kind == "union_tag_invalid":
-                msg = f"Unknown action; expected one of: {item.get('ctx', {}).get('expected_tags', '')}"
+                expected = item.get("ctx", {}).get("expected_tags", "")
+                msg = f"Unknown action; expected one of: {expected}"
             elif kind == "union_tag_not_found":
                 msg = f"Missing {self.key!r} field"
             loc: list[Any] = list(item["loc"][:10])
@@ -805,18 +798,15 @@ def _plain(data: Any) -> Any:
 class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # type: ignore[misc]
     """A websocket consumer with DRF auth, typed messages, groups and events.
 
-    The life of a connection, in order: ``websocket_connect`` authenticates
-    (``authenticate()``), joins ``groups`` + ``build_groups()``, accepts the
-    socket (with the ``chanx`` subprotocol when offered), calls
-    ``post_authentication()`` and sends the authentication frame. Each text
-    frame is then validated against the union of the accepted message types
-    and handed to its ``@ws_handler`` (or ``receive_message``), one at a time
-    in arrival order, on a worker task: a slow handler delays neither group
-    messages and events (read by their own task) nor the disconnect, which
-    cancels and awaits every task of the connection.
-
-    The generic parameter is the union of server-side events it accepts:
-    ``class Chat(AsyncJsonWebsocketConsumer[JoinEvent | LeaveEvent])``.
+    A connection, in order: ``websocket_connect`` authenticates
+    (``authenticate()``), joins ``groups`` + ``build_groups()``, accepts (with
+    the ``chanx`` subprotocol when offered), calls ``post_authentication()``
+    and sends the authentication frame. Each text frame is then validated
+    against the union of the accepted messages and handed to its
+    ``@ws_handler`` (or ``receive_message``), one at a time in arrival order,
+    on a worker task; channel-layer messages have their own task, and a
+    disconnect cancels and awaits both. The generic parameter is the union of
+    the server-side events it accepts: ``AsyncJsonWebsocketConsumer[Join | Leave]``.
     """
 
     # Messages, early style (decorated handlers add to these).
@@ -857,7 +847,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     _chanx_meta: ClassVar[_ConsumerMeta]
     _chanx_authenticator: ClassVar[type[ChanxWebsocketAuthenticator] | None] = None
     _chanx_config: ClassVar[tuple[int, _Config] | None] = None
-    # Per connection; set when they first change.
+    # Per connection, set when they first change.
     _cfg: _Config
     _conn_id = ""
     _user_key: str | None = None  # str(user.pk) when authenticated: is_mine, the log
@@ -870,8 +860,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     _layer_reader: asyncio.Task[None] | None = None
     _relayed: deque[str] | None = None  # ids of multi-group messages
     _frame_seq = 0
-    _tokens = 0.0
-    _last_refill = 0.0
+    _tokens = _last_refill = 0.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -896,10 +885,9 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         """Read the client: the connect, each frame (queued for the worker), the disconnect.
 
         Backpressure: while ``MAX_IN_FLIGHT_MESSAGES`` frames wait, reading
-        stops until a handler finishes. If none finishes within
+        stops until a handler finishes. If none does within
         ``BACKPRESSURE_TIMEOUT``, reading goes on and each further frame is
-        refused with an error frame until there is room again, so a stuck
-        handler never keeps a disconnect waiting for long.
+        refused until there is room: a stuck handler never holds a disconnect.
         """
         self.scope, self.base_send = scope, send
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
@@ -936,12 +924,13 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
                 await self.add_groups()  # before the handshake completes: no event is missed
         except Exception as exc:
             result = self._server_error(exc)
-        await self.accept(self._subprotocol())
-        if result.is_authenticated:
-            try:
+        offered = self.scope.get("subprotocols") or ()
+        await self.accept(next((p for p in offered if p in self.subprotocols), None))
+        try:
+            if result.is_authenticated:
                 await self.post_authentication()
-            except Exception as exc:
-                result = self._server_error(exc)
+        except Exception as exc:
+            result = self._server_error(exc)
         if self._cfg.send_authentication_message:
             payload = AuthenticationPayload(
                 status_code=result.status_code, status_text=result.status_text, data=result.data
@@ -966,16 +955,10 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             detail = f"Server configuration error: {exc}"
         return AuthenticationResult(False, 500, "Internal Server Error", {"detail": detail})
 
-    def _subprotocol(self) -> str | None:
-        offered = self.scope.get("subprotocols") or ()
-        return next((p for p in offered if p in self.subprotocols), None)
-
     def _take_frame(self, message: ASGIMessage) -> None:
         """Queue a client frame for the worker, or refuse it at once (in order, text dropped)."""
         cfg, text = self._cfg, message.get("text")
-        if self._frames is None:
-            self._frames = _Frames(cfg.max_in_flight)
-        frames = self._frames
+        frames = self._frames = self._frames or _Frames(cfg.max_in_flight)
         if text is None:
             frames.refuse("Binary frames are not supported; send JSON text.")
         elif len(text) > cfg.max_size or (
@@ -991,35 +974,30 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             frames.put(text)
             self._stalled = False
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._work())
+            self._worker = asyncio.create_task(self._work(frames))
 
     def _take_token(self, rate: float) -> bool:
         now = time.monotonic()
         self._tokens = min(self._cfg.burst, self._tokens + (now - self._last_refill) * rate)
         self._last_refill = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
-    async def _work(self) -> None:
+    async def _work(self, frames: _Frames) -> None:
         """The worker: handle queued frames one at a time, in arrival order."""
-        frames = self._frames
-        assert frames is not None
         while frames.items:
             item = frames.items.popleft()
             try:
-                _FRAME_REF.set(None)
-                if isinstance(item, str):
-                    if not self._closed:
+                for _ in range(1 if isinstance(item, str) else item.count):
+                    _FRAME_REF.set(None)
+                    if isinstance(item, _Refused):
+                        await self.on_bad_frame(item.detail)
+                    elif not self._closed:
                         await self._dispatch_text(item)
                     if self._cfg.send_completion:
                         await self._send_complete(ACTION_COMPLETE)
-                else:
-                    for _ in range(item.count):
-                        await self.on_bad_frame(item.detail)
-                        if self._cfg.send_completion:
-                            await self._send_complete(ACTION_COMPLETE)
             except StopConsumer:
                 await self.close()
             except Exception:
@@ -1038,28 +1016,24 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         except ValidationError as exc:
             await self.on_validation_error(exc)
             return
-        action = message.action
         self._frame_seq += 1
-        if (
-            cfg.log_received_message
-            and action not in cfg.ignored
-            and logger.isEnabledFor(logging.INFO)
-        ):
-            context = _log_context(self, action=action, message_id=self._message_id())
+        if cfg.logs(cfg.log_received_message, message.action):
+            context = _log_context(self, action=message.action, message_id=self._message_id())
             logger.info("Received websocket message", extra=context)
-        await _ensure_db_hygiene()
-        handler = self._chanx_meta.ws_handlers.get(action)
         try:
-            if handler is None:
-                await self.receive_message(message)
-            else:
-                reply = await getattr(self, handler.name)(message)
-                if reply is not None:
-                    await self.send_message(reply)
+            await self._run(self._chanx_meta.ws_handlers, message, self.receive_message)
         except StopConsumer:
             raise
         except Exception as exc:
             await self.on_handler_error(exc, message)
+
+    async def _run(self, handlers: dict[str, _Handler], message: Any, fallback: Any) -> None:
+        """Call the handler of ``message`` (or ``fallback``) and send what it returns."""
+        await _ensure_db_hygiene()
+        handler = handlers.get(message.action)
+        reply = await (fallback if handler is None else getattr(self, handler.name))(message)
+        if reply is not None:
+            await self.send_message(reply)
 
     def _message_id(self) -> str:
         return f"{self._conn_id}:{self._frame_seq}"
@@ -1120,7 +1094,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         return cls._chanx_authenticator
 
     async def build_groups(self) -> Iterable[str]:
-        """Groups to join once authenticated, besides the ``groups`` attribute (a string is one)."""
+        """Groups to join once authenticated, besides ``groups`` (a string is one group)."""
         return []
 
     async def add_groups(self) -> None:
@@ -1147,19 +1121,17 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         logger.warning("No handler for event %r", event, extra=_log_context(self))
 
     async def on_validation_error(self, error: ValidationError) -> None:
-        """A frame is not valid JSON or not a valid message; sends pydantic's errors.
-
-        chanx 2.x's ``handle_validation_error`` is called instead when a class defines it.
-        """
+        """A frame is not JSON or not a valid message: sends pydantic's errors (chanx
+        2.x's ``handle_validation_error`` is called instead when a class has one)."""
         payload = self._cfg.wire.errors(error, self._cfg.tags)
         await self.send_message(ErrorMessage(payload=payload))
 
     async def on_bad_frame(self, detail: str) -> None:
-        """A frame was refused (binary, too large, rate limit, ...); sends the detail."""
+        """A frame was refused (binary, too large, rate limit, ...): sends the detail."""
         await self.send_message(ErrorMessage(payload={"detail": detail}))
 
     async def on_handler_error(self, exc: Exception, message: BaseMessage) -> None:
-        """A handler raised: log the traceback, send the client a generic error."""
+        """A handler raised: logs the traceback, sends the client a generic error."""
         context = _log_context(self, action=message.action, message_id=self._message_id())
         logger.exception("Websocket handler failed", extra=context)
         detail = f"Failed to process message for {message.action}"
@@ -1182,58 +1154,39 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         await self._send_text(self._cfg.completions[action])  # completion frames are not logged
 
     async def _send_text(self, text: str, action: str | None = None) -> None:
-        """Send a text frame: with the ``ref`` of the frame being handled, if it had one."""
+        """Send a text frame, with the ``ref`` of the client frame being handled."""
         if self._closed:
             return
-        ref = _FRAME_REF.get()
-        if ref is not None and text.startswith("{"):
+        if (ref := _FRAME_REF.get()) is not None and text.startswith("{"):
             text = _json_with(text, {"ref": ref})
         try:
             await self.base_send({"type": "websocket.send", "text": text})
         except OSError:  # the client is gone (uvicorn: ClientDisconnected); not an error
             self._closed = True
             return
-        cfg = self._cfg
-        if (
-            action is not None
-            and cfg.log_sent_message
-            and action not in cfg.ignored
-            and logger.isEnabledFor(logging.INFO)
-        ):
+        if action is not None and self._cfg.logs(self._cfg.log_sent_message, action):
             logger.info("Sent websocket message", extra=_log_context(self, action=action))
-        if cfg.send_message_immediately:
+        if self._cfg.send_message_immediately:
             await asyncio.sleep(0)
 
     # Groups ################################################################
 
     async def send_group_message(
-        self,
-        message: BaseMessage,
-        groups: str | Iterable[str] | None = None,
-        *,
-        exclude_current: bool = True,
+        self, message: BaseMessage, groups: Groups = None, *, exclude_current: bool = True
     ) -> None:
-        """Send a message to groups (default: this connection's groups).
-
-        Each receiver gets it with ``is_mine`` (sent by the same user) and
-        ``is_current`` (sent by this very connection).
-        """
+        """Send a message to groups (default: this connection's). Each receiver gets it
+        with ``is_mine`` (sent by the same user) and ``is_current`` (by this connection)."""
         allowed = _message_types(self.OUTGOING_GROUP_MESSAGE_SCHEMA)
         if allowed and not isinstance(message, tuple(allowed)):
-            names = ", ".join(m.__name__ for m in allowed)
             raise InvalidEventError(
-                f"{type(message).__name__} is not in {type(self).__name__}."
-                f"OUTGOING_GROUP_MESSAGE_SCHEMA ({names})."
+                f"{type(message).__name__} is not in {type(self).__name__}.OUTGOING_GROUP_"
+                f"MESSAGE_SCHEMA ({', '.join(m.__name__ for m in allowed)})."
             )
         text = self._cfg.wire.dump(message, exclude={"is_mine", "is_current"})
         await self._publish(text, message.action, groups, exclude_current)
 
     async def send_to_groups(
-        self,
-        content: dict[str, Any],
-        groups: str | Iterable[str] | None = None,
-        *,
-        exclude_current: bool = True,
+        self, content: dict[str, Any], groups: Groups = None, *, exclude_current: bool = True
     ) -> None:
         """Send a JSON object to groups, relayed like ``send_group_message``."""
         text = json.dumps(self._cfg.wire.out(content))
@@ -1242,7 +1195,7 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     async def broadcast_message(
         self,
         message: BaseMessage | dict[str, Any],
-        groups: str | Iterable[str] | None = None,
+        groups: Groups = None,
         *,
         exclude_current: bool = False,
     ) -> None:
@@ -1253,19 +1206,11 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         else:
             await self.send_group_message(message, groups, exclude_current=exclude_current)
 
-    async def _publish(
-        self, text: str, action: Any, groups: str | Iterable[str] | None, exclude: bool
-    ) -> None:
+    async def _publish(self, text: str, action: Any, groups: Groups, exclude: bool) -> None:
         if self.channel_layer is None:
             raise ChanxConfigError("Group messages need a channel layer (CHANNEL_LAYERS).")
-        message = {
-            "type": _GROUP_TYPE,
-            "text": text,
-            "action": action,
-            "from_channel": self.channel_name,
-            "from_user": self._user_key,
-            "exclude_current": exclude,
-        }
+        message = {"type": _GROUP_TYPE, "text": text, "action": action, "exclude_current": exclude}
+        message.update(from_channel=self.channel_name, from_user=self._user_key)
         targets = _group_list(self.groups if groups is None else groups)
         if len(targets) > 1:  # a member of several of them gets it once
             message["id"] = uuid.uuid4().hex
@@ -1275,9 +1220,9 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     async def _read_layer(self) -> None:
         """Read channel-layer messages in order, beside the frame worker.
 
-        If the layer fails (a Redis restart), the failure is logged once, the
-        read is retried with backoff, and the groups are joined again (a
-        restarted Redis may have lost them) before reading resumes.
+        If the layer fails (a Redis restart), that is logged once, the read is
+        retried with backoff, and the groups are joined again (a restarted
+        Redis may have lost them) before reading resumes.
         """
         layer, name = self.channel_layer, self.channel_name
         failing, delay = False, 0.05
@@ -1292,42 +1237,37 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             except Exception:
                 if not failing:
                     logger.exception("Channel layer failed; retrying", extra=_log_context(self))
-                    failing = True
+                failing = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             try:
-                kind = message.get("type")
-                if kind == _GROUP_TYPE:
+                if message.get("type") == _GROUP_TYPE:
                     await self._relay_group_message(message)
-                elif kind == _EVENT_TYPE:
+                elif message.get("type") == _EVENT_TYPE:
                     await self._dispatch_event(message)
                 else:
                     await self._dispatch_custom(message)
             except StopConsumer:
                 await self.close()
             except Exception:
-                logger.exception(
-                    "Failed to handle a channel-layer message", extra=_log_context(self)
-                )
+                context = _log_context(self)
+                logger.exception("Failed to handle a channel-layer message", extra=context)
 
     async def _relay_group_message(self, message: ASGIMessage) -> None:
-        """Pass a group message on, adding ``is_mine`` and ``is_current`` to the
-        text the sender serialised once for every receiver."""
+        """Pass a group message on: the text the sender serialised once for every
+        receiver, with this receiver's ``is_mine`` and ``is_current`` added."""
         is_current = message["from_channel"] == self.channel_name
         if is_current and message["exclude_current"]:
             return
         if "id" in message:
-            if self._relayed is None:
-                self._relayed = deque(maxlen=256)
-            elif message["id"] in self._relayed:
+            self._relayed = self._relayed or deque(maxlen=256)
+            if message["id"] in self._relayed:
                 return
             self._relayed.append(message["id"])
-        sender, wire = message["from_user"], self._cfg.wire
-        flags = {
-            wire.name("is_mine"): sender is not None and sender == self._user_key,
-            wire.name("is_current"): is_current,
-        }
+        sender, name = message["from_user"], self._cfg.wire.name
+        mine = sender is not None and sender == self._user_key
+        flags = {name("is_mine"): mine, name("is_current"): is_current}
         await self._send_text(_json_with(message["text"], flags), message["action"])
         if self._cfg.send_completion:
             await self._send_complete(GROUP_ACTION_COMPLETE)
@@ -1340,9 +1280,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         if name and not name.startswith(("_", "websocket_")):  # never a fake client frame
             handler = getattr(self, name, None)
         if handler is None:
-            logger.warning(
-                "No handler for channel-layer message %r", kind, extra=_log_context(self)
-            )
+            context = _log_context(self)
+            logger.warning("No handler for channel-layer message %r", kind, extra=context)
             return
         await _ensure_db_hygiene()
         await handler(message)
@@ -1355,15 +1294,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
             logger.warning("%s accepts no events", type(self).__name__, extra=_log_context(self))
             return
         event = adapter.validate_python(message["event"])
-        await _ensure_db_hygiene()
-        handler = self._chanx_meta.event_handlers.get(event.action)
         try:
-            if handler is None:
-                await self.receive_event(event)
-            else:
-                reply = await getattr(self, handler.name)(event)
-                if reply is not None:
-                    await self.send_message(reply)
+            await self._run(self._chanx_meta.event_handlers, event, self.receive_event)
         except StopConsumer:
             raise
         except Exception:
@@ -1397,21 +1329,17 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
         return layer
 
     @classmethod
-    async def broadcast_event(
-        cls, event: EventT, groups: str | Iterable[str] | None = None
-    ) -> None:
-        """Send a typed event to every connection in ``groups`` (default: the
-        class's ``groups``), from anywhere async."""
+    async def broadcast_event(cls, event: EventT, groups: Groups = None) -> None:
+        """Send a typed event to every connection in ``groups`` (default: the class's
+        ``groups``), from anywhere async."""
         message = cls._event_message(event)
         targets = _group_list(getattr(cls, "groups", None) or () if groups is None else groups)
-        if _captured(cls, event, targets, None):
-            return
-        layer = cls._layer()
-        for group in targets:
-            await layer.group_send(group, message)
+        if not _captured(cls, event, targets, None):
+            for group in targets:
+                await cls._layer().group_send(group, message)
 
     @classmethod
-    def broadcast_event_sync(cls, event: EventT, groups: str | Iterable[str] | None = None) -> None:
+    def broadcast_event_sync(cls, event: EventT, groups: Groups = None) -> None:
         """``broadcast_event`` for sync code: views, tasks, signals, commands."""
         async_to_sync(cls.broadcast_event)(event, groups)
 
@@ -1419,9 +1347,8 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     async def send_event(cls, event: EventT, channel_name: str) -> None:
         """Send a typed event to one connection by its channel name."""
         message = cls._event_message(event)
-        if _captured(cls, event, [], channel_name):
-            return
-        await cls._layer().send(channel_name, message)
+        if not _captured(cls, event, [], channel_name):
+            await cls._layer().send(channel_name, message)
 
     @classmethod
     def send_event_sync(cls, event: EventT, channel_name: str) -> None:
@@ -1448,49 +1375,25 @@ _CHANNELS_HOOKS = {
 }
 
 
-def _config_of(consumer: Any) -> _Config | None:
-    """The flags, limits and wire of a chanx consumer class (None for others)."""
-    is_chanx = isinstance(consumer, type) and issubclass(consumer, AsyncJsonWebsocketConsumer)
-    return _Config.of(consumer) if is_chanx else None
-
-
-def _sends(consumer: Any) -> tuple[type[BaseModel], ...]:
-    """What a consumer class sends: its handlers' replies and chanx's own frames
-    (as its flags say)."""
-    config = _config_of(consumer)
-    if config is None:
-        return ()
-    own: list[type[BaseModel]] = [ErrorMessage]
-    if config.send_authentication_message:
-        own.insert(0, AuthenticationMessage)
-    if config.send_completion:
-        own.extend(_COMPLETIONS)
-    return tuple(dict.fromkeys([*own, *consumer._chanx_meta.outgoing]))
-
-
 def _group_list(groups: str | Iterable[str]) -> list[str]:
     return [groups] if isinstance(groups, str) else list(groups)
 
 
 @dataclasses.dataclass
 class _Refused:
-    """Frames refused in a row for the same reason, answered in order by the worker."""
+    """Frames refused in a row for one reason: answered, in order, by the worker."""
 
     detail: str
     count: int = 1
 
 
 class _Frames:
-    """A connection's frames waiting for its worker, in arrival order.
-
-    Texts count against ``MAX_IN_FLIGHT_MESSAGES`` until handled; a refused
-    frame keeps only its error's detail (a run of them, one entry).
-    """
+    """A connection's frames waiting for its worker, in arrival order: texts
+    (counted against ``MAX_IN_FLIGHT_MESSAGES`` until handled) and refusals."""
 
     def __init__(self, limit: int) -> None:
         self.items: deque[str | _Refused] = deque()
-        self.texts, self.limit = 0, limit
-        self.room = asyncio.Event()
+        self.texts, self.limit, self.room = 0, limit, asyncio.Event()
 
     @property
     def full(self) -> bool:
@@ -1537,11 +1440,8 @@ _FLAGS = {
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
-    """A consumer's flags, limits and wire, shared by its connections.
-
-    Resolved once per class and settings version (an instance that sets a
-    flag itself gets its own).
-    """
+    """A consumer class's flags, limits and wire, shared by its connections (an
+    instance that sets a flag itself gets its own); rebuilt when settings change."""
 
     send_completion: bool
     send_message_immediately: bool
@@ -1562,22 +1462,19 @@ class _Config:
     @classmethod
     def of(cls, consumer: Any) -> _Config:
         """The config of a consumer instance, or of a class (for the docs)."""
-        klass: type[AsyncJsonWebsocketConsumer[Any]] = (
-            consumer if isinstance(consumer, type) else type(consumer)
-        )
+        klass: type[AsyncJsonWebsocketConsumer[Any]]
+        klass = consumer if isinstance(consumer, type) else type(consumer)
         own = consumer is not klass and not consumer.__dict__.keys().isdisjoint(_FLAGS)
         cached = klass._chanx_config
         if not own and cached is not None and cached[0] == chanx_settings.version:
             return cached[1]
+        flags = {name: getattr(consumer, name) for name in _FLAGS}
         flags = {
-            name: getattr(chanx_settings, setting)
-            if getattr(consumer, name) is None
-            else getattr(consumer, name)
-            for name, setting in _FLAGS.items()
+            k: getattr(chanx_settings, _FLAGS[k]) if v is None else v for k, v in flags.items()
         }
         wire = _Wire(bool(flags.pop("camelize")), chanx_settings.MESSAGE_ACTION_KEY)
-        ignored = frozenset(flags.pop("log_ignored_actions"))
-        rate, meta = chanx_settings.RATE_LIMIT, klass._chanx_meta
+        ignored, meta = frozenset(flags.pop("log_ignored_actions")), klass._chanx_meta
+        rate, actions = chanx_settings.RATE_LIMIT, [_message_actions(m) for m in meta.incoming]
         config = cls(
             **flags,
             ignored=ignored,
@@ -1588,9 +1485,7 @@ class _Config:
             rate=rate,
             burst=max(1.0, float(chanx_settings.RATE_LIMIT_BURST or rate or 1)),  # 1 frame at least
             incoming=meta.adapter("incoming"),
-            tags=tuple(a for m in meta.incoming for a in _message_actions(m))
-            if len(meta.incoming) > 1
-            else (),
+            tags=tuple(a for group in actions for a in group) if len(actions) > 1 else (),
             completions={
                 m.model_construct().action: wire.dump(m.model_construct()) for m in _COMPLETIONS
             },
@@ -1598,6 +1493,28 @@ class _Config:
         if not own:
             klass._chanx_config = (chanx_settings.version, config)
         return config
+
+    def logs(self, flag: bool, action: str) -> bool:
+        """Whether a message record with ``action`` is wanted (and would be emitted)."""
+        return flag and action not in self.ignored and logger.isEnabledFor(logging.INFO)
+
+
+def _config_of(consumer: Any) -> _Config | None:
+    """The config of a chanx consumer class (None for other consumers)."""
+    is_chanx = isinstance(consumer, type) and issubclass(consumer, AsyncJsonWebsocketConsumer)
+    return _Config.of(consumer) if is_chanx else None
+
+
+def _sends(consumer: Any) -> tuple[type[BaseModel], ...]:
+    """What a consumer class sends: its handlers' replies, and chanx's frames as its flags say."""
+    if (config := _config_of(consumer)) is None:
+        return ()
+    own: list[type[BaseModel]] = [ErrorMessage]
+    if config.send_authentication_message:
+        own.insert(0, AuthenticationMessage)
+    if config.send_completion:
+        own.extend(_COMPLETIONS)
+    return tuple(dict.fromkeys([*own, *consumer._chanx_meta.outgoing]))
 
 
 # Handlers: marked by decorators, collected once per class.
@@ -1631,34 +1548,22 @@ class _HandlerDecorator(typing.Protocol):
     def __call__(self, func: _F, /) -> _F: ...
     @typing.overload
     def __call__(
-        self,
-        /,
-        *,
-        action: str | None = None,
-        summary: str | None = None,
-        description: str | None = None,
-        tags: Iterable[str] | None = None,
-    ) -> Callable[[_F], _F]: ...
+        self, /, *, action: str | None = ..., summary: str | None = ...,
+        description: str | None = ..., tags: Iterable[str] | None = ...,
+    ) -> Callable[[_F], _F]: ...  # fmt: skip
 
 
 def _handler_decorator(kind: Literal["ws", "event"], doc: str) -> _HandlerDecorator:
-    def decorator(
-        func: Any = None,
-        /,
-        *,
-        action: str | None = None,
-        summary: str | None = None,
-        description: str | None = None,
-        tags: Iterable[str] | None = None,
-    ) -> Any:
+    def decorator(func: Any = None, /, *, action: str | None = None, summary: str | None = None,
+                  description: str | None = None, tags: Iterable[str] | None = None,
+                  ) -> Any:  # fmt: skip
         def mark(fn: Any) -> Any:
             if not inspect.iscoroutinefunction(fn):
                 raise ChanxConfigError(f"Handler {fn.__qualname__} must be an async def method.")
             text = inspect.getdoc(fn)
-            summary_ = summary or (text.splitlines()[0] if text else None)
-            fn.__chanx_handler__ = _HandlerSpec(
-                kind, action, summary_, description or text, tuple(tags or ())
-            )
+            first_line = text.splitlines()[0] if text else None
+            spec = _HandlerSpec(kind, action, summary or first_line, description or text)
+            fn.__chanx_handler__ = dataclasses.replace(spec, tags=tuple(tags or ()))
             return fn
 
         return mark(func) if func is not None else mark
@@ -1679,10 +1584,8 @@ ws_handler = _handler_decorator(
 )
 event_handler = _handler_decorator(
     "event",
-    """Mark ``async def on_x(self, event: XEvent) -> Message | None`` for server events.
-
-    Same arguments as ``ws_handler``; a returned message is sent to the client.
-    """,
+    """Mark ``async def on_x(self, event: XEvent) -> Message | None`` for server events;
+    the arguments are ``ws_handler``'s, and a returned message is sent to the client.""",
 )
 
 _C = TypeVar("_C", bound=type)
@@ -1760,13 +1663,11 @@ def _build_meta(cls: type[AsyncJsonWebsocketConsumer[Any]]) -> _ConsumerMeta:
             actions = (spec.action,)
         handler = _Handler(name, spec, tuple(accepts), tuple(returns), actions)
         for action in actions:
-            other = handlers[spec.kind].get(action)
-            if other is not None:
+            if (other := handlers[spec.kind].setdefault(action, handler)) is not handler:
                 raise ChanxConfigError(
                     f"{cls.__qualname__}: two handlers for action {action!r}: "
                     f"{other.name} and {name}. Keep one."
                 )
-            handlers[spec.kind][action] = handler
         accepted[spec.kind].extend(accepts)
         outgoing.extend(returns)
     accepted["ws"].extend(_message_types(getattr(cls, "INCOMING_MESSAGE_SCHEMA", None)))
@@ -1784,13 +1685,10 @@ def _build_meta(cls: type[AsyncJsonWebsocketConsumer[Any]]) -> _ConsumerMeta:
                         f"{cls.__qualname__} accepts two {kind} types with action "
                         f"{action!r}: {seen[action].__qualname__} and {model.__qualname__}."
                     )
-    return _ConsumerMeta(
-        handlers["ws"],
-        handlers["event"],
-        tuple(dict.fromkeys(accepted["ws"])),
-        tuple(dict.fromkeys(accepted["event"])),
-        tuple(dict.fromkeys(outgoing)),
+    ws, events, sent = (
+        tuple(dict.fromkeys(m)) for m in (accepted["ws"], accepted["event"], outgoing)
     )
+    return _ConsumerMeta(handlers["ws"], handlers["event"], ws, events, sent)
 
 
 AsyncJsonWebsocketConsumer._chanx_meta = _ConsumerMeta({}, {}, (), (), ())
@@ -2290,167 +2188,164 @@ def _route_summary(route: RouteInfo) -> dict[str, Any]:
 # Playground ##################################################################
 
 _PLAYGROUND_HTML = r"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>chanx websocket playground</title><link rel="icon" href="data:,">
+<html lang="en"><head><meta charset="utf-8"><title>chanx websocket playground</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">
 <style>
-*{box-sizing:border-box} body{margin:0;font:14px/1.45 system-ui,sans-serif;color:#1f2430;background:#f3f5f8}
-header{display:flex;gap:16px;align-items:center;padding:10px 20px;background:#1f2430;color:#fff}
-header h1{margin:0;font-size:17px} header a{color:#9cc4ff;margin-left:auto}
-main{display:grid;grid-template-columns:minmax(320px,440px) 1fr;gap:16px;padding:16px 20px;align-items:start}
-section{display:flex;flex-direction:column;gap:8px;min-width:0;padding:14px 16px;background:#fff;border:1px solid #dde2ea;border-radius:8px}
-h2{margin:4px 0 0;font-size:12px;text-transform:uppercase;color:#6b7385} label,.hint{font-size:12px;color:#4a5163}
-input,select,textarea,button{font:inherit} input,select,textarea{width:100%;padding:6px 8px;border:1px solid #c8cfdb;border-radius:5px}
-input.bad{border-color:#d33;background:#fff5f5} textarea{font:13px/1.4 ui-monospace,monospace;min-height:170px}
-#url,pre{font:12.5px/1.4 ui-monospace,monospace;white-space:pre-wrap;word-break:break-word;margin:0}
-#url{background:#f3f5f8;padding:5px 8px;border-radius:4px} #description{color:#4a5163;white-space:pre-wrap;margin:0}
-.row{display:flex;gap:8px;align-items:center} #status,#clear{margin-left:auto}
-button{padding:6px 14px;border:1px solid #2f6fde;border-radius:5px;background:#2f6fde;color:#fff;cursor:pointer}
-button.secondary{background:#fff;color:#2f6fde} button:disabled{opacity:.45;cursor:default}
-#status{font-size:12px;padding:2px 8px;border-radius:10px;background:#e6e9ef}
-#status.open{background:#daf5e1;color:#17692f} #status.closed{background:#fde2e2;color:#9b1c1c}
+*{box-sizing:border-box} body{margin:0;font:14px/1.45 system-ui,sans-serif;background:#f3f5f8}
+header{display:flex;padding:10px 20px;background:#1f2430;color:#fff} header a{color:#9cc4ff}
+h1{margin:0 auto 0 0;font-size:17px} h2{margin:4px 0 0;font-size:12px;color:#6b7385}
+main{display:grid;grid-template-columns:minmax(320px,440px) 1fr;gap:16px;padding:16px 20px}
+section{display:flex;flex-direction:column;gap:8px;min-width:0;padding:14px 16px;
+  background:#fff;border:1px solid #dde2ea;border-radius:8px}
+input,select,textarea{width:100%;padding:6px 8px;font:inherit} input.bad{border-color:#d33}
+textarea{min-height:170px}
+pre,#url,textarea{font:12.5px/1.4 monospace;white-space:pre-wrap;margin:0}
+label,.hint,#description{font-size:12px;color:#4a5163} .row{display:flex;gap:8px}
+#status{margin-left:auto} #status.open{color:#17692f} #status.closed{color:#9b1c1c}
 #log{display:flex;flex-direction:column;gap:6px;overflow:auto;max-height:calc(100vh - 150px)}
-#log:empty::before{content:"No messages yet. Connect to an endpoint to start.";color:#8a92a3}
-.entry{border-left:4px solid #9aa3b5;background:#f7f8fb;border-radius:4px;padding:5px 10px}
-.entry.sent{border-color:#2f6fde} .entry.received{border-color:#1f9d55} .entry.received.err{border-color:#d33;background:#fff3f3}
-.meta{display:flex;gap:10px;font-size:12px;color:#6b7385} .meta b{color:#1f2430}
+.entry{border-left:4px solid #9aa3b5;background:#f7f8fb;padding:5px 10px}
+.sent{border-color:#2f6fde} .received{border-color:#1f9d55} .err{border-color:#d33}
+.meta{display:flex;gap:10px;font-size:12px;color:#6b7385}
 @media (max-width:860px){main{grid-template-columns:1fr}}
 </style></head>
 <body data-routes-url="{{ROUTES_URL}}">
-<header><h1>chanx websocket playground</h1><a id="asyncapi" href="{{ASYNCAPI_URL}}" target="_blank" rel="noopener">AsyncAPI document</a></header>
-<main><section>
-<h2>Endpoint</h2><select id="endpoint" aria-label="Endpoint"></select><p id="description"></p>
-<div id="params"></div>
-<label for="query">Query string (optional)</label><input id="query" placeholder="key=value&amp;other=1" autocomplete="off">
-<label for="token">Authorization (optional, e.g. "Token abc"; sent as the chanx.auth subprotocol)</label><input id="token" autocomplete="off">
-<div id="url"></div>
-<div class="row"><button id="connect">Connect</button><button id="disconnect" class="secondary" disabled>Disconnect</button><span id="status">disconnected</span></div>
+<header><h1>chanx websocket playground</h1>
+<a id="asyncapi" href="{{ASYNCAPI_URL}}" target="_blank">AsyncAPI document</a></header>
+<main><section><h2>Endpoint</h2>
+<select id="endpoint" aria-label="Endpoint"></select>
+<p id="description"></p><div id="params"></div>
+<label for="query">Query string (optional)</label><input id="query" autocomplete="off">
+<label for="token">Authorization, e.g. "Token abc" (optional; sent as the chanx.auth
+subprotocol)</label><input id="token" autocomplete="off"><div id="url"></div>
+<div class="row"><button id="connect">Connect</button>
+<button id="disconnect" disabled>Disconnect</button><span id="status">disconnected</span></div>
 <h2>Message</h2><select id="template" aria-label="Message template"></select>
 <textarea id="message" spellcheck="false" aria-label="Message"></textarea>
-<div class="row"><button id="send" disabled>Send</button><span class="hint">Ctrl+Enter sends; the text is sent as is</span></div>
-</section><section>
-<div class="row"><h2>Log</h2><button id="clear" class="secondary">Clear</button></div><div id="log" aria-live="polite"></div>
-</section></main>
+<div class="row"><button id="send" disabled>Send</button>
+<span class="hint">Ctrl+Enter sends; the text is sent as is</span></div></section>
+<section><div class="row"><h2>Log</h2><button id="clear">Clear</button></div>
+<div id="log" aria-live="polite"></div></section></main>
 <script>
-(function () {
-  "use strict";  // Everything from the server or the user is shown with textContent, never as HTML.
-  const $ = (id) => document.getElementById(id);
-  const el = (tag, cls, text) => Object.assign(document.createElement(tag), {className: cls || "", textContent: text || ""});
-  const LABELS = {sent: "\u2192 sent", received: "\u2190 received", system: "system"};
-  let routes = [], baseUrl = "", ws = null;
-  const current = () => routes[$("endpoint").value] || null;
-  const params = () => [...$("params").querySelectorAll("input")];
-  const b64url = (text) => btoa(String.fromCharCode(...new TextEncoder().encode(text))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+"use strict";  // What the server or the user wrote is shown with textContent, never as HTML.
+const $ = (id) => document.getElementById(id);
+const el = (tag, cls, text) =>
+  Object.assign(document.createElement(tag), {className: cls || "", textContent: text || ""});
+const LABELS = {sent: "\u2192 sent", received: "\u2190 received", system: "system"};
+const b64url = (text) => btoa(String.fromCharCode(...new TextEncoder().encode(text)))
+  .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+let routes = [], baseUrl = "", ws = null;
+const current = () => routes[$("endpoint").value] || null;
+const params = () => [...$("params").querySelectorAll("input")];
 
-  function log(kind, text) {
-    const entry = el("div", "entry " + kind), meta = el("div", "meta"), time = new Date().toISOString().slice(11, 23);
-    meta.append(el("b", "", LABELS[kind]), el("span", "time", time));
-    let body = text;
-    try {
-      const obj = kind === "system" ? null : JSON.parse(text);
-      if (kind !== "system") body = JSON.stringify(obj, null, 2);
-      const action = obj && obj[Object.keys(obj).find((k) => typeof obj[k] === "string")];
-      if (obj && typeof obj === "object" && !Array.isArray(obj) && action) meta.append(el("span", "action", action));
-      if (kind === "received" && action === "error") entry.classList.add("err");
-    } catch (e) { body = text; }
-    entry.append(meta, el("pre", "", body));
-    const box = $("log"), stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 30;
-    box.append(entry);
-    if (stick) box.scrollTop = box.scrollHeight;
+function log(kind, text) {
+  const entry = el("div", "entry " + kind), meta = el("div", "meta");
+  meta.append(el("b", "", LABELS[kind]), el("span", "", new Date().toISOString().slice(11, 23)));
+  let body = text, frame = null;
+  try { frame = kind === "system" ? null : JSON.parse(text); } catch (e) { frame = null; }
+  if (frame !== null) body = JSON.stringify(frame, null, 2);
+  const action = frame && typeof frame === "object" && Object.values(frame)[0];
+  if (typeof action === "string") meta.append(el("span", "action", action));
+  if (kind === "received" && action === "error") entry.classList.add("err");
+  entry.append(meta, el("pre", "", body));
+  $("log").append(entry);
+  $("log").scrollTop = $("log").scrollHeight;
+}
+function setStatus(state, text) {
+  Object.assign($("status"), {className: state, textContent: text || state});
+  $("connect").disabled = state === "open" || state === "connecting";
+  $("disconnect").disabled = !$("connect").disabled;
+  $("send").disabled = state !== "open";
+}
+function buildUrl() {
+  let addr = (current() || {}).address || "";
+  for (const input of params()) {
+    addr = addr.split("{" + input.dataset.name + "}").join(encodeURIComponent(input.value));
   }
-  function setStatus(state, text) {
-    $("status").className = state;
-    $("status").textContent = text || state;
-    const active = state === "open" || state === "connecting";
-    $("connect").disabled = active;
-    $("disconnect").disabled = !active;
-    $("send").disabled = state !== "open";
+  let base = baseUrl || (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
+  if (base.endsWith("/") && addr.startsWith("/")) base = base.slice(0, -1);
+  const query = $("query").value.trim().replace(/^[?]/, "");
+  return base + addr + (query ? "?" + query : "");
+}
+function paramsOk() {  // filled in, and matching the route's regex where JavaScript can tell
+  let ok = true;
+  for (const input of params()) {
+    let good = input.value !== "";
+    try { good = good && new RegExp("^(?:" + input.placeholder + ")$").test(input.value); }
+    catch (e) { /* a Python-only regex */ }
+    input.classList.toggle("bad", !good);
+    ok = ok && good;
   }
-  function buildUrl() {
-    let addr = (current() || {}).address || "";
-    for (const input of params()) addr = addr.split("{" + input.dataset.name + "}").join(encodeURIComponent(input.value));
-    let base = baseUrl || (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
-    if (base.endsWith("/") && addr.startsWith("/")) base = base.slice(0, -1);
-    const q = $("query").value.trim().replace(/^[?]/, "");
-    return base + addr + (q ? "?" + q : "");
+  $("url").textContent = buildUrl();
+  return ok;
+}
+function selectEndpoint() {  // a socket stays with its endpoint: switching closes it
+  if (ws) { log("system", "switched endpoint: closing the connection"); ws.close(1000); }
+  const r = current();
+  $("description").textContent = r ? r.description : "";
+  $("params").replaceChildren();
+  for (const p of (r && r.path_params) || []) {
+    const input = Object.assign(el("input"), {id: "param-" + p.name, placeholder: p.pattern});
+    input.dataset.name = p.name;
+    input.addEventListener("input", paramsOk);
+    $("params").append(Object.assign(el("label", "", p.name), {htmlFor: input.id}), input);
   }
-  function paramsOk() {  // required, and matching the route's regex where JavaScript can check it
-    let ok = true;
-    for (const input of params()) {
-      let good = input.value !== "";
-      try { good = good && new RegExp("^(?:" + input.placeholder + ")$").test(input.value); } catch (e) { /* Python-only regex */ }
-      input.classList.toggle("bad", !good);
-      ok = ok && good;
-    }
-    $("url").textContent = buildUrl();
-    return ok;
-  }
-  function selectEndpoint() {
-    if (ws) { log("system", "switched endpoint: closing the connection"); ws.close(1000, "switched endpoint"); }
-    const r = current();
-    $("description").textContent = r ? r.description : "";
-    $("params").replaceChildren();
-    for (const p of (r && r.path_params) || []) {
-      const input = Object.assign(el("input"), {id: "param-" + p.name, placeholder: p.pattern, required: true});
-      input.dataset.name = p.name;
-      input.addEventListener("input", paramsOk);
-      const label = el("label", "", p.name);
-      label.htmlFor = input.id;
-      $("params").append(label, input);
-    }
-    const opts = ((r && r.messages) || []).map((m, i) => new Option(m.action + " \u2014 " + m.name, i));
-    $("template").replaceChildren(...opts, new Option("(custom message)", ""));
-    selectTemplate();
-    $("url").textContent = buildUrl();
-  }
-  function selectTemplate() {
-    const r = current(), i = $("template").value, m = r && i !== "" ? r.messages[Number(i)] : null;
-    $("message").value = m ? JSON.stringify(m.example ?? null, null, 2) : "";
-    $("message").title = (m && m.description) || "";
-  }
-  function connect() {
-    if (!paramsOk()) return log("system", "fill in every path parameter (in red) first");
-    const url = buildUrl(), token = $("token").value.trim();
-    let sock;
-    try { sock = new WebSocket(url, ["chanx", ...(token ? ["chanx.auth." + b64url(token)] : [])]); }
-    catch (e) { return log("system", "error: " + e.message); }
-    ws = sock;
-    setStatus("connecting", "connecting\u2026");
-    log("system", "connecting to " + url);
-    sock.onopen = () => { if (ws === sock) { setStatus("open"); log("system", "connection open"); } };
-    sock.onmessage = (ev) => log("received", typeof ev.data === "string" ? ev.data : "[binary frame]");
-    sock.onerror = () => log("system", "websocket error");
-    sock.onclose = (ev) => {
-      const text = "closed (code " + ev.code + (ev.reason ? ": " + ev.reason : "") + ")";
-      log("system", text);
-      if (ws === sock) { ws = null; setStatus("closed", text); }
-    };
-  }
-  function send() {
-    if (!ws || ws.readyState !== WebSocket.OPEN) return log("system", "not connected");
-    ws.send($("message").value);
-    log("sent", $("message").value);
-  }
-  $("endpoint").addEventListener("change", selectEndpoint);
-  $("template").addEventListener("change", selectTemplate);
-  $("query").addEventListener("input", paramsOk);
-  $("connect").addEventListener("click", connect);
-  $("disconnect").addEventListener("click", () => ws && ws.close(1000, "closed by user"));
-  $("send").addEventListener("click", send);
-  $("clear").addEventListener("click", () => $("log").replaceChildren());
-  $("message").addEventListener("input", () => { $("template").value = ""; });
-  $("message").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); send(); } });
-  fetch(document.body.dataset.routesUrl, {credentials: "same-origin", headers: {Accept: "application/json"}})
-    .then((res) => res.json().then((data) => { if (!res.ok) throw new Error(data.detail || "HTTP " + res.status); return data; }))
-    .then((data) => {
-      baseUrl = data.base_url || "";
-      routes = data.routes || [];
-      $("endpoint").replaceChildren(...routes.map((r, i) => new Option(r.path + "  (" + r.name + ")", i)));
-      if (!routes.length) log("system", "no websocket routes found");
-      selectEndpoint();
-    })
-    .catch((e) => log("system", "failed to load the routes: " + e.message));
-})();
+  const label = (m) => m.action + " \u2014 " + m.name;
+  const options = ((r && r.messages) || []).map((m, i) => new Option(label(m), i));
+  $("template").replaceChildren(...options, new Option("(custom message)", ""));
+  selectTemplate();
+  $("url").textContent = buildUrl();
+}
+function selectTemplate() {
+  const r = current(), i = $("template").value, m = r && i !== "" ? r.messages[Number(i)] : null;
+  $("message").value = m ? JSON.stringify(m.example ?? null, null, 2) : "";
+  $("message").title = (m && m.description) || "";
+}
+function connect() {
+  if (!paramsOk()) return log("system", "fill in every path parameter (in red) first");
+  const url = buildUrl(), token = $("token").value.trim();
+  const protocols = ["chanx", ...(token ? ["chanx.auth." + b64url(token)] : [])];
+  const sock = ws = new WebSocket(url, protocols);
+  setStatus("connecting", "connecting\u2026");
+  log("system", "connecting to " + url);
+  sock.onopen = () => ws === sock && (setStatus("open"), log("system", "connection open"));
+  sock.onmessage = (ev) => log("received", String(ev.data));
+  sock.onerror = () => log("system", "websocket error");
+  sock.onclose = (ev) => {
+    const text = "closed (code " + ev.code + (ev.reason ? ": " + ev.reason : "") + ")";
+    log("system", text);
+    if (ws === sock) { ws = null; setStatus("closed", text); }
+  };
+}
+function send() {
+  if (!ws || ws.readyState !== WebSocket.OPEN) return log("system", "not connected");
+  ws.send($("message").value);
+  log("sent", $("message").value);
+}
+$("endpoint").onchange = selectEndpoint;
+$("template").onchange = selectTemplate;
+$("query").oninput = paramsOk;
+$("connect").onclick = connect;
+$("disconnect").onclick = () => ws && ws.close(1000, "closed by user");
+$("send").onclick = send;
+$("clear").onclick = () => $("log").replaceChildren();
+$("message").oninput = () => { $("template").value = ""; };
+$("message").onkeydown = (e) => {
+  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); send(); }
+};
+fetch(document.body.dataset.routesUrl, {credentials: "same-origin"})
+  .then((res) => res.json().then((data) => {
+    if (!res.ok) throw new Error(data.detail || "HTTP " + res.status);
+    return data;
+  }))
+  .then((data) => {
+    baseUrl = data.base_url || "";
+    routes = data.routes || [];
+    const label = (r) => r.path + "  (" + r.name + ")";
+    $("endpoint").replaceChildren(...routes.map((r, i) => new Option(label(r), i)));
+    if (!routes.length) log("system", "no websocket routes found");
+    selectEndpoint();
+  })
+  .catch((e) => log("system", "failed to load the routes: " + e.message));
 </script></body></html>"""
 
 
@@ -2595,8 +2490,8 @@ class WebsocketCommunicator(ApplicationCommunicator):
 
     Every wait ends on a frame or a timeout, and a failure shows what did
     arrive. ``user=`` forces the authenticated user (like DRF's
-    ``force_authenticate``; permissions still apply). Frames are sent and
-    read as the consumer's wire has them (``CAMELIZE``, ``MESSAGE_ACTION_KEY``).
+    ``force_authenticate``; permissions still apply). Frames go and come as
+    the consumer's wire has them (``CAMELIZE``, ``MESSAGE_ACTION_KEY``).
     """
 
     def __init__(
@@ -2611,8 +2506,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
     ) -> None:
         from urllib.parse import unquote, urlparse
 
-        parsed = urlparse(path)
-        headers = list(headers or [])
+        parsed, headers = urlparse(path), list(headers or [])
         if not any(name.lower() == b"origin" for name, _ in headers):
             headers.append((b"origin", b"http://testserver"))
         scope: Scope = {
@@ -2625,15 +2519,14 @@ class WebsocketCommunicator(ApplicationCommunicator):
             "client": ("127.0.0.1", 50000),
             "server": ("testserver", 80),
         }
-        if user is not None:
+        if user is not None:  # honoured until this communicator disconnects (or is gone)
             key = scope[_FORCE_USER_KEY] = uuid.uuid4().hex
             _FORCED_USERS[key] = user
             weakref.finalize(self, _FORCED_USERS.pop, key, None)
         super().__init__(application, scope)  # type: ignore[no-untyped-call]
         self.consumer = consumer or _consumer_at(application, scope["path"])
         self.received: list[Any] = []  # every frame read, for failure messages
-        self.connected = False
-        self._ahead: deque[ASGIMessage] = deque()  # read, not yet consumed
+        self._ahead: deque[ASGIMessage] = deque()  # read, not yet consumed, in order
 
     @property
     def _wire(self) -> _Wire:
@@ -2659,36 +2552,32 @@ class WebsocketCommunicator(ApplicationCommunicator):
             raise AssertionError(f"The application exited; received so far: {self.received}")
         return None
 
-    async def _frame(self, deadline: float, waiting_for: str) -> Any:
-        """The next frame, decoded; an AssertionError saying what arrived if none does."""
-        response = await self._next(max(deadline - time.monotonic(), 0))
-        if response is None:
-            raise AssertionError(
-                f"No {waiting_for} within the timeout; received so far: {self.received}"
-            )
-        if response["type"] != "websocket.send":
-            self._ahead.appendleft(response)
-            raise AssertionError(
-                f"Expected {waiting_for} but got {response}; received: {self.received}"
-            )
-        data = json.loads(response.get("text") or response.get("bytes") or "null")
-        self.received.append(data)
-        return data
+    async def _until(
+        self, done: Callable[[ASGIMessage, Any], bool], timeout: float, failure: str
+    ) -> tuple[list[Any], ASGIMessage]:
+        """Frames read until ``done(message, frame)``, and that last message."""
+        deadline, frames = time.monotonic() + timeout, list[Any]()
+        while (output := await self._next(max(deadline - time.monotonic(), 0))) is not None:
+            frame = None
+            if output["type"] == "websocket.send":
+                frame = json.loads(output.get("text") or output.get("bytes") or "null")
+                frames.append(frame)
+                self.received.append(frame)
+            if done(output, frame):
+                return frames, output
+        raise AssertionError(f"{failure} within {timeout}s; received so far: {self.received}")
 
     async def _input(self, message: ASGIMessage) -> None:
-        if self.future.done():
-            self.future.result()  # raise the application's exception, if any
-        await self.input_queue.put(message)
+        await self.send_input(message)  # type: ignore[no-untyped-call]
 
     async def connect(self, timeout: float = 1.0) -> tuple[bool, Any]:
         """Open the socket: (True, subprotocol) when accepted, else (False, close code)."""
         await self._input({"type": "websocket.connect"})
-        response = await self._next(timeout)
-        if response is None:
-            raise AssertionError(f"No answer to connect within {timeout}s.")
+        _, response = await self._until(
+            lambda message, frame: True, timeout, "No answer to connect"
+        )
         if response["type"] == "websocket.close":
             return False, response.get("code", 1000)
-        self.connected = response["type"] == "websocket.accept"
         return True, response.get("subprotocol")
 
     async def send_to(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -2702,35 +2591,43 @@ class WebsocketCommunicator(ApplicationCommunicator):
         await self.send_to(text_data=json.dumps(data))
 
     async def send_message(self, message: BaseMessage, *, ref: Ref = None) -> None:
-        """Send a message as a client would, with a ``ref`` to match its replies if given."""
+        """Send a message as a client would, with a ``ref`` to match what it causes."""
         data = self._wire.out(message.model_dump(mode="json"))
         await self.send_json_to(data if ref is None else {**data, "ref": ref})
 
     async def receive_json_from(self, timeout: float = 1.0) -> Any:
         """The next frame, decoded; fails if none arrives within ``timeout``."""
-        return await self._frame(time.monotonic() + timeout, f"frame within {timeout}s")
+        frames, last = await self._until(lambda message, frame: True, timeout, "No frame")
+        if last["type"] != "websocket.send":
+            self._ahead.appendleft(last)
+            raise AssertionError(f"Expected a frame but got {last}; received: {self.received}")
+        return frames[-1]
 
     async def receive_nothing(self, timeout: float = 0.1, interval: float = 0) -> bool:
         """True when nothing arrives within ``timeout`` (``interval``: unused, no polling)."""
-        response = await self._next(timeout)
-        if response is not None:
-            self._ahead.appendleft(response)
-        return response is None
+        output = await self._next(timeout)
+        if output is not None:
+            self._ahead.appendleft(output)
+        return output is None
 
     async def receive_until_action(
         self, action: str, *, timeout: float = 1.0, inclusive: bool = False, ref: Ref = None
     ) -> list[Any]:
-        """Frames up to the first with ``action`` (and ``ref``, if given): kept when ``inclusive``."""
-        deadline, key, frames = time.monotonic() + timeout, self._wire.key, list[Any]()
-        while True:
-            data = await self._frame(deadline, f"a {action!r} frame within {timeout}s")
-            if (
-                isinstance(data, dict)
-                and data.get(key) == action
-                and (ref is None or data.get("ref") == ref)
-            ):
-                return [*frames, data] if inclusive else frames
-            frames.append(data)
+        """Frames up to the first with ``action`` (and ``ref``): kept when ``inclusive``."""
+        key = self._wire.key
+
+        def done(message: ASGIMessage, frame: Any) -> bool:
+            if not isinstance(frame, dict):
+                return frame is None  # the socket closed
+            return frame.get(key) == action and (ref is None or frame.get("ref") == ref)
+
+        frames, last = await self._until(done, timeout, f"Expected a {action!r} frame")
+        if last["type"] != "websocket.send":
+            self._ahead.appendleft(last)
+            raise AssertionError(
+                f"Expected a {action!r} frame but got {last}; received: {self.received}"
+            )
+        return frames if inclusive else frames[:-1]
 
     async def receive_all_json(
         self, timeout: float = 1.0, stop_action: str | None = ACTION_COMPLETE, *, ref: Ref = None
@@ -2738,13 +2635,17 @@ class WebsocketCommunicator(ApplicationCommunicator):
         """Frames until ``stop_action`` (not included). With ``stop_action=None``,
         every frame that arrives before the line is quiet for ``timeout``."""
         if stop_action is not None:
-            return await self.receive_until_action(stop_action, timeout=timeout, ref=ref)
+            frames: list[Any] = await self.receive_until_action(
+                stop_action, timeout=timeout, ref=ref
+            )
+            return frames
         frames = []
-        while (response := await self._next(timeout)) is not None:
-            if response["type"] != "websocket.send":
-                self._ahead.appendleft(response)
-                break
-            frames.append(json.loads(response.get("text") or "null"))
+        while (output := await self._next(timeout)) is not None and output[
+            "type"
+        ] == "websocket.send":
+            frames.append(json.loads(output.get("text") or "null"))
+        if output is not None:
+            self._ahead.appendleft(output)
         self.received.extend(frames)
         return frames
 
@@ -2753,19 +2654,15 @@ class WebsocketCommunicator(ApplicationCommunicator):
     ) -> list[BaseMessage]:
         """Typed messages until ``stop_action``, as in chanx 2.x: completion frames
         are left out and a ``stop_action`` frame that is not one is included."""
-        inclusive = stop_action is not None and stop_action not in _COMPLETION_ACTIONS
         if stop_action is None:
             frames = await self.receive_all_json(timeout, None)
         else:
+            inclusive = stop_action not in _COMPLETION_ACTIONS
             frames = await self.receive_until_action(
                 stop_action, timeout=timeout, inclusive=inclusive, ref=ref
             )
         key = self._wire.key
-        return [
-            self.to_message(f)
-            for f in frames
-            if not (isinstance(f, dict) and f.get(key) in _COMPLETION_ACTIONS)
-        ]
+        return [self.to_message(f) for f in frames if f.get(key) not in _COMPLETION_ACTIONS]
 
     def to_message(self, data: Any) -> BaseMessage:
         """A received frame as its message class (the consumer's types first)."""
@@ -2786,14 +2683,13 @@ class WebsocketCommunicator(ApplicationCommunicator):
         """The authentication frame (None, at once, when the consumer sends none)."""
         if send_authentication_message is None:
             config = _config_of(self.consumer)
+            sends = config.send_authentication_message if config else None
             send_authentication_message = (
-                config.send_authentication_message
-                if config
-                else chanx_settings.SEND_AUTHENTICATION_MESSAGE
+                chanx_settings.SEND_AUTHENTICATION_MESSAGE if sends is None else sends
             )
         if not send_authentication_message:
             return None
-        frame = await self._frame(time.monotonic() + max_auth_time, "authentication frame")
+        frame = await self.receive_json_from(max_auth_time)
         try:
             return AuthenticationMessage.model_validate(self._wire.into(frame))
         except ValidationError:
@@ -2809,22 +2705,13 @@ class WebsocketCommunicator(ApplicationCommunicator):
 
     async def assert_closed(self, code: int | None = None, timeout: float = 1.0) -> None:
         """The application closes the socket (with ``code`` when given) within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            response = await self._next(max(deadline - time.monotonic(), 0))
-            if response is None:
-                raise AssertionError(
-                    f"The socket was not closed within {timeout}s; received: {self.received}"
-                )
-            if response["type"] == "websocket.close":
-                got = response.get("code", 1000)
-                if code is not None and got != code:
-                    raise AssertionError(
-                        f"Closed with code {got}, expected {code}; received: {self.received}"
-                    )
-                self.connected = False
-                return
-            self.received.append(json.loads(response.get("text") or "null"))
+        closed = lambda message, frame: message["type"] == "websocket.close"  # noqa: E731
+        _, close = await self._until(closed, timeout, "The socket was not closed")
+        if code is not None and close.get("code", 1000) != code:
+            got = close.get("code", 1000)
+            raise AssertionError(
+                f"Closed with code {got}, expected {code}; received: {self.received}"
+            )
 
     async def disconnect(self, code: int = 1000, timeout: float = 1.0) -> None:
         """Close from the client side and wait for the application to finish."""
@@ -2835,7 +2722,6 @@ class WebsocketCommunicator(ApplicationCommunicator):
             if not self.future.done():
                 self.future.cancel()
                 await asyncio.wait({self.future})
-        self.connected = False
 
 
 _COMPLETION_ACTIONS = frozenset((ACTION_COMPLETE, GROUP_ACTION_COMPLETE, EVENT_ACTION_COMPLETE))
@@ -3060,9 +2946,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         django.setup()
     except ImportError as exc:
-        parser.error(
-            f"cannot load the settings {os.environ['DJANGO_SETTINGS_MODULE']!r}: {exc}; pass --pythonpath (the directory of manage.py)"
-        )
+        settings = os.environ["DJANGO_SETTINGS_MODULE"]
+        hint = "pass --pythonpath (the directory of manage.py)"
+        parser.error(f"cannot load the settings {settings!r}: {exc}; {hint}")
     if args.command == "routes":
         for route in discover_routes():
             consumer = f"{route.consumer.__module__}.{route.consumer.__qualname__}"
