@@ -881,8 +881,11 @@ def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: 
                 else []
             )
             rng = f"{min(per_rep):.2f}–{max(per_rep):.2f}×" if len(per_rep) > 1 else "—"
+            shown = (
+                f"{r:.3f}×" if f"{r:.2f}" == f"{thr:.2f}" else f"{r:.2f}×"
+            )  # no rounding onto the line
             L.append(
-                f"| {label.format(**sizes)} | {r:.2f}× | {rng} | {op} {thr}× | {'PASS' if ok else 'MISS'} |"
+                f"| {label.format(**sizes)} | {shown} | {rng} | {op} {thr}× | {'PASS' if ok else 'MISS'} |"
             )
         if imp.get("import.ratio"):
             r = statistics.median(imp["import.ratio"])

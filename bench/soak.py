@@ -2,6 +2,7 @@
 """Soak test: many concurrent websocket connections against the real example server.
 
     python3 bench/soak.py      # the committed figures: writes bench/soak-results.md + .json
+    python3 bench/soak.py --chanx-rev HEAD   # the same, chanx.py as committed (tree being edited)
     python3 bench/soak.py --connections 200 --seconds 5 --rounds 2   # a smaller try (prints only)
 
 Starts one uvicorn server of the example (config.asgi:application, in-memory
@@ -495,16 +496,19 @@ def _git(*args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def chanx_stamp(src: bytes) -> dict[str, Any]:
-    """sha256 of the chanx.py the server ran, and whether HEAD has exactly that file."""
+def chanx_stamp(src: bytes, rev: str = "HEAD") -> dict[str, Any]:
+    """sha256 of the chanx.py the server ran, and whether ``rev`` has exactly that file."""
     import hashlib
 
     blob = hashlib.sha1(b"blob %d\0" % len(src) + src).hexdigest()  # git hash-object
-    committed = blob == _git("rev-parse", "HEAD:chanx.py")
+    committed = blob == _git("rev-parse", f"{rev}:chanx.py")
     return {
         "chanx_sha256": hashlib.sha256(src).hexdigest(),
         "chanx_lines": src.count(b"\n"),
-        "chanx_commit": _git("log", "-1", "--format=%H", "--", "chanx.py") if committed else None,
+        "chanx_commit": (
+            _git("log", "-1", "--format=%H", rev, "--", "chanx.py") if committed else None
+        ),
+        "chanx_rev": rev,
         "git_head": _git("rev-parse", "HEAD"),
     }
 
@@ -606,7 +610,7 @@ def report(
         f"- date: {meta['date']}",
         f"- measured: `chanx.py` sha256 `{stamp['chanx_sha256']}` ({stamp['chanx_lines']} lines), "
         + (
-            f"= chanx.py at HEAD, last changed in commit `{stamp['chanx_commit']}`"
+            f"= chanx.py at {stamp['chanx_rev']}, last changed in commit `{stamp['chanx_commit']}`"
             if stamp["chanx_commit"]
             else "**uncommitted** (differs from HEAD's chanx.py): rerun before quoting"
         ),
@@ -698,14 +702,20 @@ def main() -> int:
         "(default 0: unchanged)",
     )
     parser.add_argument(
+        "--chanx-rev",
+        metavar="REV",
+        help="run chanx.py as committed at REV (e.g. HEAD) instead of the working tree's",
+    )
+    parser.add_argument(
         "--out",
         help="write the report here (+ .json beside it); the default run writes "
         "bench/soak-results.md",
     )
     args = parser.parse_args()
     out = args.out
-    if out is None and not any(a.startswith("--") and a != "--out" for a in sys.argv[1:]):
-        out = str(REPO / "bench" / "soak-results.md")  # the committed figures: defaults only
+    options = {a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--")}
+    if out is None and options <= {"--chanx-rev"}:
+        out = str(REPO / "bench" / "soak-results.md")  # the committed figures: default sizes
 
     import datetime as dt
 
@@ -720,9 +730,16 @@ def main() -> int:
         # The server imports a snapshot, so an edit of chanx.py mid-run changes nothing.
         snapshot = tmp_dir / "chanx-snapshot"
         snapshot.mkdir()
-        src = (REPO / "chanx.py").read_bytes()
+        if args.chanx_rev:
+            src = subprocess.run(
+                ["git", "-C", str(REPO), "show", f"{args.chanx_rev}:chanx.py"],
+                capture_output=True,
+                check=True,
+            ).stdout
+        else:
+            src = (REPO / "chanx.py").read_bytes()
         (snapshot / "chanx.py").write_bytes(src)
-        stamp = chanx_stamp(src)
+        stamp = chanx_stamp(src, args.chanx_rev or "HEAD")
         print("preparing the database ...", flush=True)
         info = prepare_demo_db(tmp_dir / "db.sqlite3")
         env = example_env(tmp_dir / "db.sqlite3", DJANGO_DEBUG="0")
