@@ -1831,36 +1831,22 @@ class RouteInfo:
         return _sends(self.consumer)
 
 
+#: A named group of a re_path, with one level of nested groups in it.
+_NAMED_GROUP = re.compile(r"\(\?P<(\w+)>((?:[^()\\]|\\.|\((?:[^()\\]|\\.)*\))*)\)")
+
+
 def _pattern_segment(pattern: Any) -> tuple[str, dict[str, str]]:
-    """A route's path segment with ``<name>`` placeholders, and each parameter's regex."""
+    """A route's path with ``<name>`` placeholders, and the regex of each parameter."""
     route = getattr(pattern, "_route", None)
     if isinstance(route, str):  # path("<int:pk>/")
         converters = getattr(pattern, "converters", {})
-        return re.sub(r"<(?:\w+:)?(\w+)>", r"<\1>", route), {
-            n: c.regex for n, c in converters.items()
-        }
-    regex = getattr(pattern, "_regex", None)
-    regex = (regex if isinstance(regex, str) else str(pattern)).removeprefix("^")
-    regex = regex.removesuffix("$").removesuffix("\\Z")
-    # re_path: each (?P<name>...) becomes <name>, balancing parentheses.
-    params: dict[str, str] = {}
-    out, i = list[str](), 0
-    while i < len(regex):
-        group = re.match(r"\(\?P<(\w+)>", regex[i:])
-        if group is None:
-            escaped = regex[i] == "\\" and i + 1 < len(regex)
-            char = regex[i + 1] if escaped else regex[i]
-            out.append("" if char in "^$?" and not escaped else char)
-            i += 2 if escaped else 1
-            continue
-        depth, j = 1, i + group.end()
-        while j < len(regex) and depth:
-            depth += {"(": 1, ")": -1}.get(regex[j], 0)
-            j += 2 if regex[j] == "\\" else 1
-        params[group[1]] = regex[i + group.end() : j - 1]
-        out.append(f"<{group[1]}>")
-        i = j
-    return "".join(out), params
+        params = {name: converter.regex for name, converter in converters.items()}
+        return re.sub(r"<(?:\w+:)?(\w+)>", r"<\1>", route), params
+    regex = getattr(pattern, "_regex", None)  # re_path("^(?P<pk>\d+)/$")
+    regex = regex if isinstance(regex, str) else str(pattern)
+    params = {match[1]: match[2] for match in _NAMED_GROUP.finditer(regex)}
+    text = _NAMED_GROUP.sub(r"<\1>", regex).removesuffix("\\Z")
+    return re.sub(r"\\(.)|[\^$?]", lambda m: m[1] or "", text), params
 
 
 def _inner_application(app: Any) -> Any:
@@ -1977,21 +1963,28 @@ def _wire_schemas(
     refs, top = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
     )
-    component = functools.partial(re.sub, r"[^\w.\-]", "_")
-    names = {
-        m: component(refs[(m, "validation")]["$ref"].rsplit("/", 1)[1]) + suffix for m in models
-    }
+
+    def name(ref: str) -> str:
+        return re.sub(r"[^\w.\-]", "_", ref.rsplit("/", 1)[-1]) + suffix
+
+    names = {m: name(refs[(m, "validation")]["$ref"]) for m in models}
     frames = set(names.values())
-    schemas = {}
-    for key, schema in top.get("$defs", {}).items():
-        name = component(key) + suffix
-        schemas[name] = wire.schema(schema, message=name in frames)
+    schemas = {
+        name(k): wire.schema(v, message=name(k) in frames) for k, v in top.get("$defs", {}).items()
+    }
     text = re.sub(
         r'"#/components/schemas/([^"]+)"',
-        lambda m: f'"#/components/schemas/{component(m[1])}{suffix}"',
+        lambda m: f'"#/components/schemas/{name(m[1])}"',
         json.dumps(schemas),
     )
     return names, json.loads(text)
+
+
+def _described(entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """``entry`` with the ``fields`` that have a value (tags as AsyncAPI tag objects)."""
+    if fields.get("tags"):
+        fields["tags"] = [{"name": tag} for tag in fields["tags"]]
+    return {**entry, **{key: value for key, value in fields.items() if value}}
 
 
 def asyncapi_schema(
@@ -2004,21 +1997,20 @@ def asyncapi_schema(
 ) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of the websocket endpoints (a dict).
 
-    Channels are the endpoints, messages the Pydantic models (their JSON
-    schemas under ``components``, as the frames look on the wire under
-    ``CAMELIZE`` and ``MESSAGE_ACTION_KEY``), operations what each endpoint
-    receives (one per handler, with its reply) and sends.
+    Channels are the endpoints; messages the Pydantic models, with their JSON
+    schemas under ``components`` as the frames look on the wire (``CAMELIZE``,
+    ``MESSAGE_ACTION_KEY``); operations what each endpoint receives (one per
+    handler, with its reply) and sends.
     """
-    routes = discover_routes() if routes is None else routes
-    chanx_routes = [r for r in routes if r.config is not None]
-    wires = list(dict.fromkeys(r.config.wire for r in chanx_routes if r.config))
+    routes = [r for r in (discover_routes() if routes is None else routes) if r.config]
     names: dict[tuple[_Wire, type[BaseModel]], str] = {}
     schemas: dict[str, Any] = {}
     messages: dict[str, Any] = {}
-    for i, wire in enumerate(wires):  # one set of components per wire shape in use
+    wires = list(dict.fromkeys(r.config.wire for r in routes if r.config))
+    for i, wire in enumerate(wires):  # one set of components per wire in use
         models = [
             m
-            for r in chanx_routes
+            for r in routes
             if r.config and r.config.wire == wire
             for m in (*r.incoming, *r.outgoing)
         ]
@@ -2027,48 +2019,39 @@ def asyncapi_schema(
         for model, name in found.items():
             names[wire, model] = name
             doc = inspect.getdoc(model) or ""
-            entry: dict[str, Any] = {
+            doc = "" if doc == inspect.getdoc(BaseMessage) else doc
+            entry = {
                 "name": ", ".join(_message_actions(model)) or model.__name__,
                 "title": model.__name__,
                 "payload": {"$ref": f"#/components/schemas/{name}"},
             }
-            if doc and doc != inspect.getdoc(BaseMessage):
-                entry["summary"], entry["description"] = doc.splitlines()[0], doc
-            messages[name] = entry
-
+            messages[name] = _described(entry, summary=doc.split("\n")[0], description=doc)
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
-    for route in chanx_routes:
-        assert route.config is not None
-        wire, meta = route.config.wire, route.consumer._chanx_meta
+    for route in routes:
+        wire, meta = route.config.wire if route.config else _Wire(), route.consumer._chanx_meta
         cid = re.sub(r"[^\w.\-]", "_", route.name)
         while cid in channels:
             cid += "_"
-        channel_ref = {"$ref": f"#/channels/{cid}"}
-        info = getattr(route.consumer, "__chanx_channel__", {})
-        channel: dict[str, Any] = {
-            "address": route.address,
-            "title": route.name,
-            "messages": {
-                names[wire, m]: {"$ref": f"#/components/messages/{names[wire, m]}"}
-                for m in (*route.incoming, *route.outgoing)
-            },
+        ref = {"$ref": f"#/channels/{cid}"}
+        params = {
+            n: {"description": f"Path parameter matching {p}"} for n, p in route.path_params.items()
         }
-        if route.description:
-            channel["description"] = route.description
-        if info.get("tags"):
-            channel["tags"] = [{"name": t} for t in info["tags"]]
-        if route.path_params:
-            channel["parameters"] = {
-                name: {"description": f"Path parameter matching {regex}"}
-                for name, regex in route.path_params.items()
-            }
-        channels[cid] = channel
+        channel: dict[str, Any] = {"address": route.address, "title": route.name}
+        channel["messages"] = {
+            names[wire, m]: {"$ref": f"#/components/messages/{names[wire, m]}"}
+            for m in (*route.incoming, *route.outgoing)
+        }
+        info = getattr(route.consumer, "__chanx_channel__", {})
+        channels[cid] = _described(
+            channel, description=route.description, tags=info.get("tags"), parameters=params
+        )
 
-        def refs_to(
-            models: Iterable[type[BaseModel]], cid: str = cid, wire: _Wire = wire
-        ) -> list[dict[str, str]]:
-            return [{"$ref": f"#/channels/{cid}/messages/{names[wire, m]}"} for m in models]
+        def operation(
+            action: str, models: Iterable[type[BaseModel]], **fields: Any
+        ) -> dict[str, Any]:
+            refs = [{"$ref": f"#/channels/{cid}/messages/{names[wire, m]}"} for m in models]  # noqa: B023
+            return _described({"action": action, "channel": ref, "messages": refs}, **fields)  # noqa: B023
 
         handled: set[type[BaseModel]] = set()
         for handler in dict.fromkeys(meta.ws_handlers.values()):
@@ -2076,43 +2059,26 @@ def asyncapi_schema(
                 m for m in handler.accepts if set(_message_actions(m)) & set(handler.actions)
             ]
             handled.update(accepts)
-            op: dict[str, Any] = {
-                "action": "receive",
-                "channel": channel_ref,
-                "messages": refs_to(accepts),
-            }
-            if handler.spec.summary:
-                op["summary"] = handler.spec.summary
-            if handler.spec.description:
-                op["description"] = handler.spec.description
-            if handler.spec.tags:
-                op["tags"] = [{"name": t} for t in handler.spec.tags]
-            if handler.returns:
-                op["reply"] = {"channel": channel_ref, "messages": refs_to(handler.returns)}
-            operations[f"{cid}.{handler.name}"] = op
+            spec = handler.spec
+            reply = {"channel": ref, "messages": operation("", handler.returns)["messages"]}
+            operations[f"{cid}.{handler.name}"] = operation(
+                "receive", accepts, summary=spec.summary, description=spec.description,
+                tags=spec.tags, reply=reply if handler.returns else None,
+            )  # fmt: skip
         for model in route.incoming:
             if model not in handled:
-                key = f"{cid}.receive.{names[wire, model]}"
-                operations[key] = {
-                    "action": "receive",
-                    "channel": channel_ref,
-                    "messages": refs_to([model]),
-                }
+                operations[f"{cid}.receive.{names[wire, model]}"] = operation("receive", [model])
         for model in route.outgoing:
-            key = f"{cid}.send.{names[wire, model]}"
-            operations[key] = {
-                "action": "send",
-                "channel": channel_ref,
-                "messages": refs_to([model]),
-            }
-
+            operations[f"{cid}.send.{names[wire, model]}"] = operation("send", [model])
     protocol, _, host = (base_url or _base_url()).partition("://")
-    document: dict[str, Any] = {
+    info = {
+        "title": title or chanx_settings.ASYNCAPI_TITLE,
+        "version": version or chanx_settings.ASYNCAPI_VERSION,
+    }
+    text = chanx_settings.ASYNCAPI_DESCRIPTION if description is None else description
+    return {
         "asyncapi": "3.0.0",
-        "info": {
-            "title": title or chanx_settings.ASYNCAPI_TITLE,
-            "version": version or chanx_settings.ASYNCAPI_VERSION,
-        },
+        "info": _described(info, description=text),
         "servers": {
             "default": {
                 "host": host.rstrip("/") or protocol,
@@ -2124,10 +2090,6 @@ def asyncapi_schema(
         "operations": operations,
         "components": {"messages": messages, "schemas": schemas},
     }
-    text = description if description is not None else chanx_settings.ASYNCAPI_DESCRIPTION
-    if text:
-        document["info"]["description"] = text
-    return document
 
 
 def _example(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> Any:
