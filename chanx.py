@@ -2704,39 +2704,33 @@ def _consumer_at(application: Any, path: str) -> type[Any] | None:
 class _WebsocketTestCase:
     """A Django ``TestCase`` for websocket consumers (``WebsocketTestCase``).
 
-    ``ws_path`` is routed through the project's websocket application (with
-    its middleware) unless ``application`` (chanx 2.x: ``router``) is set;
-    ``consumer`` types the frames of ``receive_all_messages``. Every
-    communicator made with ``create_communicator()`` has the credentials of
-    ``get_ws_headers()`` / ``get_ws_query_string()`` / ``get_subprotocols()``
-    unless given others, and is disconnected when the test ends;
-    ``auth_communicator`` is the first one (made on first use).
+    ``ws_path`` goes through the project's websocket application (with its
+    middleware) unless ``application`` (chanx 2.x: ``router``) is set;
+    ``consumer`` types ``receive_all_messages``. ``create_communicator()``
+    uses ``get_ws_headers()``, ``get_ws_query_string()`` and
+    ``get_subprotocols()`` unless given others, which run after ``setUp`` in
+    sync code (they may use the ORM); ``auth_communicator`` is the first
+    communicator; all are disconnected when the test ends.
 
-    Each test runs inside a transaction that is rolled back afterwards (the
-    speed of ``TestCase``), and so does the consumer's database work: an
-    async test runs its event loop in a helper thread while the ORM's calls
-    run on the test's own thread, on the test's connection, so ``setUp``
-    data is visible to the consumer. chanx never closes a connection inside
-    a transaction, nor does Channels' ``database_sync_to_async`` during the
-    test. The ``get_ws_*`` methods run after ``setUp``, in sync code: they
-    may use the ORM. Code that runs in another thread
-    (``thread_sensitive=False``) has its own connection and does not see the
-    test's data: use a ``WebsocketCommunicator`` under
-    ``TransactionTestCase`` (pytest's ``django_db(transaction=True)``).
+    Why ``TestCase``: its speed, and the consumer sees ``setUp`` data. An
+    async test runs its loop in a helper thread while the ORM's calls run on
+    the test's thread and connection, inside its transaction, which chanx
+    (and, during the test, Channels' ``database_sync_to_async``) never
+    closes. Code in another thread (``thread_sensitive=False``) has its own
+    connection: test it under ``django_db(transaction=True)``.
     """
 
     ws_path: str = ""
     consumer: type[Any] | None = None
     application: Any = None
     router: Any = None
+    _credentials: tuple[list[tuple[bytes, bytes]], str, list[str]] | None = None
 
     def __init__(self, methodName: str = "runTest") -> None:
         super().__init__(methodName)  # type: ignore[call-arg]
         self._communicators: list[WebsocketCommunicator] = []
-        self._credentials: tuple[list[tuple[bytes, bytes]], str, list[str]] | None = None
-        method = getattr(self, methodName, None)
-        if inspect.iscoroutinefunction(method):
-            test = method
+        test = getattr(self, methodName, None)
+        if inspect.iscoroutinefunction(test):
 
             @functools.wraps(test)
             async def run_then_disconnect() -> None:
@@ -2752,13 +2746,19 @@ class _WebsocketTestCase:
 
         import channels.db
 
-        self._credentials = (
-            list(self.get_ws_headers()),
-            self.get_ws_query_string(),
-            list(self.get_subprotocols()),
-        )
+        self._ws_credentials()
         with mock.patch.object(channels.db, "close_old_connections", _close_old_connections):
             super()._callTestMethod(method)  # type: ignore[misc]
+
+    def _ws_credentials(self) -> tuple[list[tuple[bytes, bytes]], str, list[str]]:
+        if self._credentials is None:
+            headers, query, protocols = (
+                self.get_ws_headers(),
+                self.get_ws_query_string(),
+                self.get_subprotocols(),
+            )
+            self._credentials = (list(headers), query, list(protocols))
+        return self._credentials
 
     def get_ws_headers(self) -> list[tuple[bytes, bytes]]:
         """Headers of the test's communicators (e.g. a token or a session cookie)."""
@@ -2773,10 +2773,10 @@ class _WebsocketTestCase:
         return []
 
     def get_application(self) -> Any:
-        if self.application is not None or self.router is not None:
-            return self.application or self.router
         from django.conf import settings
 
+        if self.application is not None or self.router is not None:
+            return self.application or self.router
         if self.consumer is not None and not getattr(settings, "ASGI_APPLICATION", None):
             return self.consumer.as_asgi()
         return _default_application()
@@ -2791,15 +2791,8 @@ class _WebsocketTestCase:
         subprotocols: Sequence[str] | None = None,
     ) -> WebsocketCommunicator:
         """A new communicator (another user, another tab), disconnected at teardown."""
-        if self._credentials is None:
-            self._credentials = (
-                list(self.get_ws_headers()),
-                self.get_ws_query_string(),
-                list(self.get_subprotocols()),
-            )
-        default_headers, default_query, default_protocols = self._credentials
-        target = ws_path if ws_path is not None else self.ws_path
-        query = default_query if query_string is None else query_string
+        default_headers, query, default_protocols = self._ws_credentials()
+        target, query = ws_path or self.ws_path, query if query_string is None else query_string
         if query:
             target = f"{target}{'&' if '?' in target else '?'}{query}"
         communicator = WebsocketCommunicator(
@@ -2834,12 +2827,8 @@ if typing.TYPE_CHECKING:
 def _websocket_test_case() -> type[Any]:
     from django.test import TestCase
 
-    doc = _WebsocketTestCase.__doc__
-    return type(
-        "WebsocketTestCase",
-        (_WebsocketTestCase, TestCase),
-        {"__doc__": doc, "__module__": __name__},
-    )
+    namespace = {"__doc__": _WebsocketTestCase.__doc__, "__module__": __name__}
+    return type("WebsocketTestCase", (_WebsocketTestCase, TestCase), namespace)
 
 
 _LAZY: dict[str, Callable[[], Any]] = {
@@ -2867,36 +2856,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import os
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False)  # options that go before or after the command
+    common.add_argument("--settings", default=argparse.SUPPRESS, help="e.g. mysite.settings")
     common.add_argument(
-        "--settings",
-        default=argparse.SUPPRESS,
-        help="settings module, e.g. mysite.settings (default: $DJANGO_SETTINGS_MODULE)",
+        "--pythonpath", default=argparse.SUPPRESS, help="e.g. manage.py's directory"
     )
-    common.add_argument(
-        "--pythonpath",
-        default=argparse.SUPPRESS,
-        help="directory to add to the import path, e.g. the one of manage.py",
-    )
-    parser = argparse.ArgumentParser(
-        prog="python -m chanx", parents=[common], description=main.__doc__
-    )
+    parser = argparse.ArgumentParser("python -m chanx", parents=[common], description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("routes", parents=[common], help="list the websocket endpoints")
-    document = commands.add_parser(
-        "asyncapi", parents=[common], help="print the AsyncAPI 3.0 document"
-    )
+    document = commands.add_parser("asyncapi", parents=[common], help="print the AsyncAPI document")
     document.add_argument(
-        "--format", choices=("json", "yaml"), default="json", help="JSON is also YAML 1.2"
+        "--format", choices=("json", "yaml"), default="json", help="JSON is YAML 1.2"
     )
-    document.add_argument("--file", help="write the document to this file instead of printing it")
-    document.add_argument(
-        "--base-url",
-        help="where clients connect (default: WEBSOCKET_BASE_URL, else ws://localhost:8000)",
-    )
-    document.add_argument("--title")
-    document.add_argument("--api-version")
-    document.add_argument("--description")
+    document.add_argument("--base-url", help="where clients connect (default: ws://localhost:8000)")
+    for option in ("--file", "--title", "--api-version", "--description"):
+        document.add_argument(option)
     args = parser.parse_args(argv)
     if getattr(args, "settings", None):
         os.environ["DJANGO_SETTINGS_MODULE"] = args.settings
