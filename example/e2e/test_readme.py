@@ -764,13 +764,6 @@ def test_runserver_with_daphne_serves_the_same(projects: Projects, case: str) ->
     run_client(project, server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason='README bug (Logging section): without "disable_existing_loggers": False the '
-    "block silences every logger made before Django starts (under uvicorn: its startup "
-    "line, access log and errors)",
-)
 def test_logging_block_keeps_the_servers_own_log(project: Project) -> None:
     code = (
         "import logging, os, django\n"
