@@ -676,11 +676,21 @@ def _build_request(scope: Scope, method: str) -> HttpRequest:
     return request
 
 
-class ChanxWebsocketAuthenticator:
-    """Authenticates a websocket connection with DRF classes.
+class _AuthOptions:
+    """DRF's view attributes, on an authenticator or (early style) a consumer; unset
+    (``None``) means DRF's defaults, such as ``DEFAULT_PERMISSION_CLASSES``."""
 
-    Configure it like an ``APIView``; unset (``None``) means DRF's defaults
-    (``DEFAULT_AUTHENTICATION_CLASSES`` / ``DEFAULT_PERMISSION_CLASSES``)::
+    authentication_classes: ClassVar[Sequence[Any] | None] = None
+    permission_classes: ClassVar[Sequence[Any] | None] = None
+    throttle_classes: ClassVar[Sequence[Any] | None] = None
+    queryset: ClassVar[Any] = None
+    lookup_field: ClassVar[str | None] = None
+    lookup_url_kwarg: ClassVar[str | None] = None
+    auth_method: ClassVar[str | None] = None  # the handshake request's method: "get"
+
+
+class ChanxWebsocketAuthenticator(_AuthOptions):
+    """Authenticates a websocket connection with DRF classes, configured like an ``APIView``::
 
         class RoomAuthenticator(DjangoAuthenticator):
             permission_classes = [IsAuthenticated, IsRoomMember]
@@ -691,24 +701,8 @@ class ChanxWebsocketAuthenticator:
     ``WWW-Authenticate`` says; denied is 403, no object 404, throttled 429.
     """
 
-    authentication_classes: ClassVar[Sequence[Any] | None] = None
-    permission_classes: ClassVar[Sequence[Any] | None] = None
-    throttle_classes: ClassVar[Sequence[Any] | None] = None
-    queryset: ClassVar[Any] = None
-    lookup_field: ClassVar[str | None] = None
-    lookup_url_kwarg: ClassVar[str | None] = None
-    auth_method: ClassVar[str] = "get"
-
     #: Names a consumer may set to override the authenticator (early style).
-    OPTIONS: ClassVar[tuple[str, ...]] = (
-        "authentication_classes",
-        "permission_classes",
-        "throttle_classes",
-        "queryset",
-        "lookup_field",
-        "lookup_url_kwarg",
-        "auth_method",
-    )
+    OPTIONS: ClassVar[tuple[str, ...]] = tuple(_AuthOptions.__annotations__)
 
     def __init__(self) -> None:
         self.user: Any = None
@@ -744,7 +738,7 @@ class ChanxWebsocketAuthenticator:
         from rest_framework.request import ForcedAuthentication
 
         kwargs = dict(scope.get("url_route", {}).get("kwargs", {}))
-        django_request = _build_request(scope, self.auth_method)
+        django_request = _build_request(scope, self.auth_method or "get")
         view = self.build_view(django_request, kwargs)
         forced = _FORCED_USERS.get(scope.get(_FORCE_USER_KEY, ""))
         if forced is not None:
@@ -795,7 +789,7 @@ def _plain(data: Any) -> Any:
 # Consumer ####################################################################
 
 
-class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # type: ignore[misc]
+class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[EventT]):  # type: ignore[misc]
     """A websocket consumer with DRF auth, typed messages, groups and events.
 
     A connection, in order: ``websocket_connect`` authenticates
@@ -813,16 +807,9 @@ class AsyncJsonWebsocketConsumer(_ChannelsJsonConsumer, Generic[EventT]):  # typ
     INCOMING_MESSAGE_SCHEMA: ClassVar[Any] = None
     OUTGOING_GROUP_MESSAGE_SCHEMA: ClassVar[Any] = None
 
-    # Authentication: set here (early style) or on an authenticator subclass.
-    # A value set here wins over the authenticator's, which wins over DRF's.
+    # Authentication: the _AuthOptions set here (early style) win over those of
+    # the authenticator, which win over DRF's defaults.
     authenticator_class: ClassVar[type[ChanxWebsocketAuthenticator]] = ChanxWebsocketAuthenticator
-    authentication_classes: ClassVar[Sequence[Any] | None] = None
-    permission_classes: ClassVar[Sequence[Any] | None] = None
-    throttle_classes: ClassVar[Sequence[Any] | None] = None
-    queryset: ClassVar[Any] = None
-    lookup_field: ClassVar[str | None] = None
-    lookup_url_kwarg: ClassVar[str | None] = None
-    auth_method: ClassVar[str | None] = None
 
     #: Groups to join: set a list on the class; each connection gets its own copy.
     groups: list[str]
