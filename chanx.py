@@ -79,7 +79,7 @@ from django.core import checks
 from django.core.signals import setting_changed
 from django.db.backends.signals import connection_created
 from django.urls import path, re_path
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 from typing_extensions import TypeVar as TypeVar_
 
@@ -392,6 +392,8 @@ def _union_adapter(models: Sequence[type[BaseModel]]) -> TypeAdapter[Any] | None
         return None
     if len(models) == 1:  # never a discriminator on a single type (chanx#9)
         return TypeAdapter(models[0])
+    from pydantic import Field
+
     annotated: Any = Annotated  # the union is built at run time from the consumer's types
     union = functools.reduce(operator.or_, models)
     return TypeAdapter(annotated[union, Field(discriminator="action")])
@@ -403,7 +405,12 @@ def _union_adapter(models: Sequence[type[BaseModel]]) -> TypeAdapter[Any] | None
 # on the way in each capital becomes "_" + its lowercase. Names that are not
 # snake_case ("userID") do not round-trip.
 
-_JSON = TypeAdapter(Any)  # pydantic's JSON parser: its errors, whatever the settings
+
+
+@functools.cache
+def _any_json() -> TypeAdapter[Any]:
+    """Pydantic's JSON parser, so a frame's errors are the same whatever the settings."""
+    return TypeAdapter(Any)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -479,7 +486,7 @@ class _Wire:
         """
         if self.plain and '"ref"' not in text:
             return adapter.validate_json(text)  # straight from the text: the fast path
-        data = _JSON.validate_json(text)
+        data = _any_json().validate_json(text)
         if not isinstance(data, dict):
             return adapter.validate_json(text)  # the very same error as the fast path
         ref = data.pop("ref", None)
