@@ -4,6 +4,7 @@
     python -X importtime importcost.py       # also: the import tree on stderr
     python importcost.py --profile 30        # cProfile of `import chanx`, top 30
     python importcost.py --with-model        # baseline also builds one pydantic model
+    python importcost.py --statements 25     # chanx.py's top-level statements, slowest 25
 
 run.py's ``import`` job calls it in a fresh process per measurement with the
 chanx peer's venv and PYTHONPATH (the chanx.py snapshot, byte-compiled first,
@@ -61,7 +62,37 @@ if "--with-model" in sys.argv:
     TypeAdapter(int)
 t1 = time.perf_counter()
 modules_before = len(sys.modules)
-if "--profile" in sys.argv:
+if "--statements" in sys.argv:
+    # chanx.py's module body one top-level statement at a time, each timed: what
+    # `import chanx` spends on which class, model, adapter or import.
+    import __future__
+
+    import ast
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("chanx")
+    source = open(spec.origin, encoding="utf-8").read()  # noqa: SIM115
+    tree = ast.parse(source, spec.origin)
+    module = types.ModuleType("chanx")
+    module.__file__ = spec.origin
+    sys.modules["chanx"] = module
+    flags = 0
+    timings = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__":
+            for alias in stmt.names:
+                flags |= getattr(__future__, alias.name).compiler_flag
+        code = compile(ast.Module([stmt], []), spec.origin, "exec", flags=flags, dont_inherit=True)
+        t = time.perf_counter()
+        exec(code, module.__dict__)
+        timings.append((time.perf_counter() - t, stmt.lineno, source.splitlines()[stmt.lineno - 1]))
+    total = sum(t for t, _, _ in timings)
+    n = int(sys.argv[sys.argv.index("--statements") + 1])
+    print(f"{len(timings)} top-level statements, {total * 1e3:.1f} ms in all; slowest {n}:")
+    for t, line, text in sorted(timings, reverse=True)[:n]:
+        print(f"{t * 1e3:7.2f} ms  chanx.py:{line:<5} {text.strip()[:90]}")
+elif "--profile" in sys.argv:
     import cProfile
     import io
     import pstats

@@ -485,6 +485,25 @@ def _importtime_tree(stderr: str) -> list[tuple[int, int, int, str]]:
     return out
 
 
+def _statement_times(tmp: str, top: int) -> str:
+    p = subprocess.run(
+        [_venv_python("current"), IMPORTCOST, "--statements", str(top)],
+        env=_import_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp,
+    )
+    return p.stdout.strip() if p.returncode == 0 else "failed:\n" + p.stderr[-3000:]
+
+
+def _st_total(text: str) -> float:
+    try:
+        return float(text.split(" ms in all", 1)[0].rsplit(" ", 1)[-1])
+    except ValueError:
+        return 0.0
+
+
 def import_breakdown(tmp: str, runs: int = 5, top: int = 25, venv: str = "current") -> str:
     """The -X importtime tree of `import chanx` (median over runs) and a cProfile of it."""
     trees = []
@@ -548,6 +567,11 @@ def import_breakdown(tmp: str, runs: int = 5, top: int = 25, venv: str = "curren
             L.append(f"| `{m}` | {cum / 1e3:.1f} |")
     if venv != "current":
         return "\n".join(L) + "\n"
+    st = [_statement_times(tmp, top) for _ in range(3)]
+    L += ["", "## chanx.py's top-level statements, each timed (3 fresh runs; the middle one by total)",
+          "", "`python bench/importcost.py --statements N` execs the module body one statement at",
+          "a time after the same baseline. Imports inside it are charged to the statement that",
+          "triggers them.", "", "```", sorted(st, key=_st_total)[1] if len(st) == 3 else st[0], "```"]  # fmt: skip
     p = subprocess.run(
         [_venv_python(venv), IMPORTCOST, "--profile", str(top + 15)],
         env=_import_env(tmp),
