@@ -4,6 +4,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import logging
 import subprocess
 import sys
@@ -1107,3 +1108,11 @@ def test_stale_connections_of_other_threads_cause_no_hop() -> None:
     thread.start()
     thread.join()
     assert failures == [] and chanx._db_needs_cleanup() is False
+
+
+def test_the_module_docstring_lists_the_sections_in_file_order() -> None:
+    source = Path(chanx.__file__).read_text()
+    banners = re.findall(r"^# (.+?) #{4,}$", source, flags=re.M)
+    listed = re.search(r"chanx\.py``\): (.+?)\.\n", chanx.__doc__ or "", flags=re.S)
+    assert listed is not None
+    assert [part.strip() for part in " ".join(listed[1].split()).split(",")] == banners
