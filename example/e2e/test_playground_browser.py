@@ -161,3 +161,59 @@ def test_playground_talks_to_the_echo_assistant(page: Page, base_url: str) -> No
     page.click("#clear")
     expect(page.locator("#log .entry")).to_have_count(0)
     assert page.evaluate("typeof window.__pwned") == "undefined"
+
+
+def test_playground_guards_its_socket_and_path_parameters(page: Page, base_url: str) -> None:
+    """Switching the endpoint closes the socket (its messages would go to the wrong
+    consumer); an empty or malformed path parameter never connects; a token typed
+    in goes out as the chanx.auth subprotocol and authenticates."""
+    login(page, base_url, "admin")
+    page.goto("/playground/websocket/")
+    expect(page.locator("#endpoint option").first).to_be_attached()
+    labels = [t.strip() for t in page.locator("#endpoint option").all_text_contents()]
+
+    select_option_starting_with(page, "#endpoint", "/ws/assistants/ ")
+    page.click("#connect")
+    expect(page.locator("#status")).to_have_text("open")
+    room = next(label for label in labels if label.startswith("/ws/chat/"))
+    page.select_option("#endpoint", label=room)
+    expect(page.locator("#status")).to_contain_text("closed (code 1000")
+    expect(page.locator("#log .entry.system").filter(has_text="switched endpoint")).to_have_count(1)
+    expect(page.locator("#connect")).to_be_enabled()
+    expect(page.locator("#send")).to_be_disabled()
+
+    # The room's <pk> is empty: no socket; then not a number: still none.
+    entries = page.locator("#log .entry")
+    before = entries.count()
+    page.click("#connect")
+    expect(entries).to_have_count(before + 1)
+    expect(entries.last).to_contain_text("fill in every path parameter")
+    expect(page.locator("#params input.bad")).to_have_count(1)
+    page.fill("#params input", "abc")
+    page.click("#connect")
+    expect(entries).to_have_count(before + 2)
+    expect(page.locator("#status")).not_to_have_text("open")
+    assert "connecting to" not in " ".join(entries.all_text_contents()[before:])
+
+    # A value typed in the Authorization field goes out as the chanx.auth subprotocol:
+    # DRF's TokenAuthentication then reads it (a bogus token is a 401, session or not).
+    page.evaluate(
+        """() => {
+            const Native = window.WebSocket;
+            window.__protocols = [];
+            window.WebSocket = function (url, protocols) {
+                window.__protocols.push(protocols);
+                return new Native(url, protocols);
+            };
+            window.WebSocket.OPEN = Native.OPEN;
+        }"""
+    )
+    select_option_starting_with(page, "#endpoint", "/ws/assistants/ ")
+    page.fill("#token", "Token not-a-real-token")
+    page.click("#connect")
+    expect(page.locator("#status")).to_contain_text("closed (code 4401")
+    auth = page.locator("#log .entry.received").filter(has_text='"action": "authentication"')
+    expect(auth.last).to_contain_text('"status_code": 401')
+    expect(auth.last).to_contain_text("Invalid token.")
+    protocols = page.evaluate("window.__protocols")
+    assert protocols == [["chanx", "chanx.auth.VG9rZW4gbm90LWEtcmVhbC10b2tlbg"]], protocols
