@@ -406,7 +406,6 @@ def _union_adapter(models: Sequence[type[BaseModel]]) -> TypeAdapter[Any] | None
 # snake_case ("userID") do not round-trip.
 
 
-
 @functools.cache
 def _any_json() -> TypeAdapter[Any]:
     """Pydantic's JSON parser, so a frame's errors are the same whatever the settings."""
@@ -1720,11 +1719,9 @@ def _close_old_connections() -> None:
     from django.db import connections
 
     initialized = connections.all(initialized_only=True)
-    if _OrmThread.ident != threading.get_ident():
-        _OrmThread.ident, _OrmThread.connections = (
-            threading.get_ident(),
-            weakref.WeakSet(initialized),
-        )
+    if _OrmThread.ident != threading.get_ident():  # a new ORM thread: watch its connections
+        _OrmThread.ident = threading.get_ident()
+        _OrmThread.connections = weakref.WeakSet(initialized)
     for conn in initialized:
         if not conn.in_atomic_block:
             conn.close_if_unusable_or_obsolete()
@@ -1733,16 +1730,13 @@ def _close_old_connections() -> None:
 def _db_needs_cleanup() -> bool:
     if _OrmThread.ident is None:
         return True  # not known yet: the first hop finds it
-    now = 0.0
     for conn in _OrmThread.connections:
         if conn.connection is None or conn.in_atomic_block:
             continue
         if conn.errors_occurred or conn.autocommit != conn.settings_dict["AUTOCOMMIT"]:
             return True
-        if conn.close_at is not None:
-            now = now or time.monotonic()
-            if now >= conn.close_at:
-                return True
+        if conn.close_at is not None and time.monotonic() >= conn.close_at:
+            return True
         conn.health_check_done = False  # what close_old_connections does to a healthy one
     return False
 
