@@ -185,15 +185,9 @@ def _setting_errors(user: Any) -> list[str]:
 
 
 class ChanxSettings:
-    """``settings.CHANX`` read lazily, checked, and refreshed in place.
-
-    ``chanx_settings.SEND_COMPLETION`` is the user's value or the default.
-    ``override_settings(CHANX=...)`` empties the cache through the
-    ``setting_changed`` signal; the object is never replaced, so every
-    reference sees the new values (DRF #5668). A bad value raises
-    ``ChanxConfigError`` on first use; ``manage.py check`` reports it as
-    ``chanx.E001`` when ``"chanx"`` is in ``INSTALLED_APPS``.
-    """
+    """``settings.CHANX`` read lazily, checked, and refreshed in place: ``setting_changed``
+    (``override_settings``) empties the cache, the object is never replaced (DRF #5668).
+    A bad value raises ``ChanxConfigError`` on first use (``manage.py check``: chanx.E001)."""
 
     def __init__(self) -> None:
         self._user: dict[str, Any] | None = None
@@ -254,15 +248,13 @@ _MESSAGE_REGISTRY: dict[str, list[type[BaseMessage]]] = {}
 
 
 class BaseMessage(BaseModel):
-    """A frame on the wire: ``{"action": "...", "payload": ...}``.
-
-    Subclasses declare ``action: Literal["name"] = "name"`` and a ``payload``
-    type. A subclass without a Literal action is an error at class creation;
-    an intermediate base class says so with ``abstract=True``::
+    """A frame on the wire: ``{"action": "...", "payload": ...}``::
 
         class ChatMessage(BaseMessage):
-            action: Literal["chat"] = "chat"
+            action: Literal["chat"] = "chat"   # required: a Literal action
             payload: ChatPayload
+
+    An intermediate base class without an action says ``abstract=True``.
     """
 
     model_config = ConfigDict(defer_build=True)  # validators built on first use, not at import
@@ -478,11 +470,8 @@ class _Wire:
         return json.dumps(self.out(message.model_dump(mode="json", exclude=exclude)))
 
     def load(self, text: str, adapter: TypeAdapter[Any]) -> Any:
-        """Validate a text frame (``ValidationError`` if bad).
-
-        A frame's ``ref`` is set on ``_FRAME_REF`` before validation, so that
-        everything the frame causes carries it, its error frames included.
-        """
+        """Validate a text frame (``ValidationError`` if bad). Its ``ref`` is set on
+        ``_FRAME_REF`` first: everything the frame causes carries it, errors included."""
         if self.plain and '"ref"' not in text:
             return adapter.validate_json(text)  # straight from the text: the fast path
         data = _any_json().validate_json(text)
@@ -539,12 +528,8 @@ _RESERVED_LOG_KEYS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "a
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, ``extra`` fields.
-
-    Use it for the ``chanx`` logger (or any)::
-
-        LOGGING = {"version": 1, "formatters": {"json": {"()": "chanx.JsonFormatter"}}, ...}
-    """
+    """One JSON object per line (time, level, logger, message, ``extra`` fields), for
+    the ``chanx`` logger or any: ``"formatters": {"json": {"()": "chanx.JsonFormatter"}}``."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -643,14 +628,9 @@ def _subprotocol_authorization(scope: Scope) -> bytes | None:
 
 
 def _build_request(scope: Scope, method: str) -> HttpRequest:
-    """A faithful Django request for the websocket handshake.
-
-    Django's own ASGIRequest parses the scope: every header (repeated ones
-    joined as HTTP does), cookies, the query string, REMOTE_ADDR, server
-    name and port; ``wss`` becomes ``https`` so ``is_secure()`` is right. A
-    token offered as a subprotocol is its ``Authorization`` header, unless
-    the handshake has a real one.
-    """
+    """The handshake as a Django request, parsed by Django's own ASGIRequest: headers
+    (repeated cookies joined), query string, client and server; ``wss`` is secure. A
+    token offered as a subprotocol is its ``Authorization`` header, unless it has one."""
     import io
 
     from django.core.handlers.asgi import ASGIRequest
@@ -702,9 +682,8 @@ class ChanxWebsocketAuthenticator(_AuthOptions):
             permission_classes = [IsAuthenticated, IsRoomMember]
             queryset = Room.objects.all()   # object looked up from the URL kwarg
 
-    After ``authenticate()``: ``user``, ``obj`` and ``request``. Not
-    authenticated is always 401, whatever DRF's HTTP rule about
-    ``WWW-Authenticate`` says; denied is 403, no object 404, throttled 429.
+    Then ``user``, ``obj``, ``request``. Not authenticated is always 401 (whatever
+    DRF's ``WWW-Authenticate`` rule), denied 403, no object 404, throttled 429.
     """
 
     #: Names a consumer may set to override the authenticator (early style).
@@ -798,15 +777,12 @@ def _plain(data: Any) -> Any:
 class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[EventT]):  # type: ignore[misc]
     """A websocket consumer with DRF auth, typed messages, groups and events.
 
-    A connection, in order: ``websocket_connect`` authenticates
-    (``authenticate()``), joins ``groups`` + ``build_groups()``, accepts (with
-    the ``chanx`` subprotocol when offered), calls ``post_authentication()``
-    and sends the authentication frame. Each text frame is then validated
-    against the union of the accepted messages and handed to its
-    ``@ws_handler`` (or ``receive_message``), one at a time in arrival order,
-    on a worker task; channel-layer messages have their own task, and a
-    disconnect cancels and awaits both. The generic parameter is the union of
-    the server-side events it accepts: ``AsyncJsonWebsocketConsumer[Join | Leave]``.
+    A connection: ``websocket_connect`` authenticates, joins the groups, accepts,
+    calls ``post_authentication()`` and sends the authentication frame; each text
+    frame is validated against the accepted messages and handed to its
+    ``@ws_handler``, in arrival order, on a worker task; channel-layer messages
+    have their own task; the disconnect cancels and awaits both. The generic
+    parameter is the union of accepted events: ``AsyncJsonWebsocketConsumer[A | B]``.
     """
 
     # Messages, early style (decorated handlers add to these).
@@ -877,10 +853,9 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         """Read the client: the connect, each frame (queued for the worker), the disconnect.
 
-        Backpressure: while ``MAX_IN_FLIGHT_MESSAGES`` frames wait, reading
-        stops until a handler finishes. If none does within
-        ``BACKPRESSURE_TIMEOUT``, reading goes on and each further frame is
-        refused until there is room: a stuck handler never holds a disconnect.
+        While ``MAX_IN_FLIGHT_MESSAGES`` frames wait, reading stops until a handler
+        finishes; after ``BACKPRESSURE_TIMEOUT`` it goes on, refusing frames until there
+        is room, so a stuck handler never holds a disconnect.
         """
         self.scope, self.base_send = scope, send
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
@@ -1211,12 +1186,9 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             await self.channel_layer.group_send(group, message)
 
     async def _read_layer(self) -> None:
-        """Read channel-layer messages in order, beside the frame worker.
-
-        If the layer fails (a Redis restart), that is logged once, the read is
-        retried with backoff, and the groups are joined again (a restarted
-        Redis may have lost them) before reading resumes.
-        """
+        """Read channel-layer messages in order, beside the frame worker. A failing layer
+        (a Redis restart) is logged once and retried with backoff, and the groups are
+        joined again (a restarted Redis may have lost them) before reading resumes."""
         layer, name = self.channel_layer, self.channel_name
         failing, delay = False, 0.05
         while True:
@@ -1754,13 +1726,9 @@ async def _ensure_db_hygiene() -> None:
 
 
 def include(target: Any) -> Any:
-    """A websocket router from a module, a dotted module path, or a router.
-
-    ``include("chat.routing")`` returns that module's ``router`` (a
-    ``URLRouter``, or a list of routes, which is wrapped in one). A module
-    with Django ``urlpatterns`` but no ``router`` is handed to Django's
-    ``include``, so ``include("chanx")`` also works in ``urls.py``.
-    """
+    """``include("chat.routing")``: that module's ``router`` (a ``URLRouter``, or a list of
+    routes); a module with Django ``urlpatterns`` goes to Django's ``include``, so
+    ``include("chanx")`` also works in ``urls.py``. A router is returned as it is."""
     import importlib
 
     from channels.routing import URLRouter
@@ -1861,11 +1829,8 @@ def _default_application() -> Any:
 
 
 def discover_routes(application: Any = None) -> list[RouteInfo]:
-    """Every websocket endpoint of an application (default: ``ASGI_APPLICATION``).
-
-    Walks through ``ProtocolTypeRouter``, middleware and nested ``URLRouter``s
-    to each consumer.
-    """
+    """Every websocket endpoint of an application (default: ``ASGI_APPLICATION``),
+    through ``ProtocolTypeRouter``, middleware and nested ``URLRouter``s."""
     from channels.routing import ProtocolTypeRouter, URLRouter
 
     found: list[RouteInfo] = []
@@ -1983,13 +1948,9 @@ def asyncapi_schema(
     description: str | None = None,
     base_url: str | None = None,
 ) -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of the websocket endpoints (a dict).
-
-    Channels are the endpoints; messages the Pydantic models, with their JSON
-    schemas under ``components`` as the frames look on the wire (``CAMELIZE``,
-    ``MESSAGE_ACTION_KEY``); operations what each endpoint receives (one per
-    handler, with its reply) and sends.
-    """
+    """The AsyncAPI 3.0 document (a dict): a channel per endpoint, the message models'
+    JSON schemas as the frames look on the wire, and what each endpoint receives (an
+    operation per handler, with its reply) and sends."""
     routes = [r for r in (discover_routes() if routes is None else routes) if r.config]
     names: dict[tuple[_Wire, type[BaseModel]], str] = {}
     schemas: dict[str, Any] = {}
@@ -2414,12 +2375,8 @@ def _captured(cls: type[Any], event: Any, groups: list[str], channel_name: str |
 def capture_events(
     consumer: type[Any] | None = None, *, suppress: bool = False
 ) -> Iterator[list[CapturedEvent]]:
-    """Record the events broadcast or sent inside the block (optionally not sending them)::
-
-    with capture_events(ChatConsumer, suppress=True) as events:
-        client.post("/api/rooms/1/members/", {...})
-    assert events[0].event == MemberAdded(payload=...)
-    """
+    """Record the events broadcast or sent inside the block (``suppress``: not sent), as
+    ``CapturedEvent``s: ``with capture_events(ChatConsumer) as events: ...``."""
     entry: tuple[list[CapturedEvent], type[Any] | None, bool] = ([], consumer, suppress)
     _CAPTURES.append(entry)
     try:
@@ -2436,12 +2393,10 @@ def capture_broadcast_events(
 
 
 class WebsocketCommunicator(ApplicationCommunicator):
-    """Drives a websocket application in tests, as a client would.
+    """Drives a websocket application in tests as a client would, on the consumer's wire.
 
-    Every wait ends on a frame or a timeout, and a failure shows what did
-    arrive. ``user=`` forces the authenticated user (like DRF's
-    ``force_authenticate``; permissions still apply). Frames go and come as
-    the consumer's wire has them (``CAMELIZE``, ``MESSAGE_ACTION_KEY``).
+    Every wait ends on a frame or a timeout; a failure shows what arrived. ``user=``
+    forces the authenticated user (DRF's ``force_authenticate``; permissions apply).
     """
 
     def __init__(
@@ -2692,20 +2647,16 @@ def _consumer_at(application: Any, path: str) -> type[Any] | None:
 class _WebsocketTestCase:
     """A Django ``TestCase`` for websocket consumers (``WebsocketTestCase``).
 
-    ``ws_path`` goes through the project's websocket application (with its
-    middleware) unless ``application`` (chanx 2.x: ``router``) is set;
-    ``consumer`` types ``receive_all_messages``. ``create_communicator()``
-    uses ``get_ws_headers()``, ``get_ws_query_string()`` and
-    ``get_subprotocols()`` unless given others, which run after ``setUp`` in
-    sync code (they may use the ORM); ``auth_communicator`` is the first
-    communicator; all are disconnected when the test ends.
+    ``ws_path`` goes through the project's websocket application unless
+    ``application`` (2.x: ``router``) is set; ``consumer`` types the messages read.
+    Communicators use ``get_ws_headers()``, ``get_ws_query_string()`` and
+    ``get_subprotocols()`` (run after ``setUp``, in sync code: the ORM is fine) unless
+    given others; ``auth_communicator`` is the first; all disconnect at the end.
 
-    Why ``TestCase``: its speed, and the consumer sees ``setUp`` data. An
-    async test runs its loop in a helper thread while the ORM's calls run on
-    the test's thread and connection, inside its transaction, which chanx
-    (and, during the test, Channels' ``database_sync_to_async``) never
-    closes. Code in another thread (``thread_sensitive=False``) has its own
-    connection: test it under ``django_db(transaction=True)``.
+    ``TestCase`` for its speed, and so that consumers see ``setUp`` data: the ORM's
+    calls run on the test's thread and connection, inside its transaction, which
+    chanx (and, during the test, Channels' ``database_sync_to_async``) never closes.
+    Code in other threads has its own connection: use ``django_db(transaction=True)``.
     """
 
     ws_path: str = ""
