@@ -1058,7 +1058,8 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             options = ChanxWebsocketAuthenticator.OPTIONS
             own = {n: getattr(cls, n) for n in options if getattr(cls, n, None) is not None}
             base = cls.authenticator_class
-            cls._chanx_authenticator = type(base.__name__, (base,), own) if own else base
+            name = f"{cls.__name__}Authenticator"  # errors then name the consumer
+            cls._chanx_authenticator = type(name, (base,), own) if own else base
         return cls._chanx_authenticator
 
     async def build_groups(self) -> Iterable[str]:

@@ -584,12 +584,6 @@ async def test_a_queryset_on_a_route_without_its_kwarg_is_a_clear_500(
     assert record.exc_info is not None and record.exc_info[0] is ChanxConfigError
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="chanx bug: a queryset set on the consumer (early style) is reported as the "
-    "authenticator's ('ChanxWebsocketAuthenticator has a queryset ...'), a class the developer "
-    "never configured; ChanxConfigError promises to say where the mistake is",
-)
 async def test_a_queryset_error_names_the_consumer_it_was_set_on(cov_open: Any) -> None:
     communicator = await cov_open(cov_app(CovQuerysetNoKwarg), "/ws/", auth=False)
     payload, _ = await communicator.refusal()
