@@ -9,10 +9,17 @@ library (``grep '^# .* ####' test_chanx.py`` is the table of contents).
 
 Conventions:
 
-- Every wait ends on a frame or a timeout (chanx's communicator helpers,
-  ``asyncio.wait_for`` on an ``asyncio.Event``, or ``wait_until`` which yields
-  to the event loop until a condition holds); there is no fixed sleep.
-- Consumers report what they did to ``PROBE``, a fresh ``Probe`` per test.
+- Every wait ends on an event: a frame, an ``asyncio.Event``, or ``wait_until``
+  (which yields to the event loop until a condition holds); there is no fixed
+  sleep and no assertion on speed (that is bench/'s). A timeout (``TIMEOUT``,
+  generous) only bounds a failure; ``Communicator`` makes it every default.
+- A read ends on a known frame, never when "the line is quiet". That nothing
+  (more) was sent is checked without a time window: a barrier message whose
+  answer must be the next frame (``frames_before``), or, on a socket the server
+  closed, the application's own end (``nothing_more``).
+- Every test passes on its own and in any order (CI runs them in random order):
+  consumers report to ``PROBE``, a fresh ``Probe`` per test; fixtures undo what
+  they change (settings, channel layer, loggers, the ORM thread's connections).
 - A failing test that documents a chanx.py bug is kept, marked
   ``xfail(strict=True, reason="chanx bug: ...")``: it flips when fixed.
 """
@@ -45,7 +52,7 @@ from typing import Any, Literal
 
 import hypothesis
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from channels.auth import AuthMiddlewareStack
 from channels.layers import get_channel_layer
 from channels.routing import ProtocolTypeRouter, URLRouter
@@ -747,15 +754,21 @@ class CamelFuzzConsumer(FuzzConsumer):
     camelize = True
 
 
+#: How long SleepyConsumer's handler sleeps: longer than any test, so it is still
+#: asleep for whatever the test does, until the disconnect cancels it.
+HANDLER_SLEEP = 24 * 3600
+
+
 class SleepyConsumer(WorkConsumer):
-    """Its "block" handler really sleeps for 2 s (cancelled by the disconnect)."""
+    """Its "block" handler really sleeps, on a timer (``HANDLER_SLEEP``), not on an
+    event; the disconnect cancels it."""
 
     @ws_handler
     async def handle_block(self, message: BlockMessage) -> BlockReply:
         PROBE.active += 1
         PROBE.entered.set()
         try:
-            await asyncio.sleep(2)
+            await asyncio.sleep(HANDLER_SLEEP)
         except asyncio.CancelledError:
             PROBE.calls.append(("cancelled", message.payload))
             raise
@@ -841,6 +854,80 @@ def fresh_state() -> Any:
         yield
 
 
+#: Seconds an expected frame, task or state may take. A timeout only bounds a
+#: failure: on a loaded machine a test waits longer, it does not fail.
+TIMEOUT = 10.0
+
+
+class Communicator(WebsocketCommunicator):
+    """chanx's communicator with ``TIMEOUT`` as every default. Reads end on a known
+    frame: reading "until the line is quiet" (``stop_action=None``) is refused here,
+    because under load it stops early."""
+
+    async def connect(self, timeout: float = TIMEOUT) -> tuple[bool, Any]:
+        return await super().connect(timeout=timeout)
+
+    async def receive_json_from(self, timeout: float = TIMEOUT) -> Any:
+        return await super().receive_json_from(timeout=timeout)
+
+    async def receive_until_action(
+        self, action: str, *, timeout: float = TIMEOUT, **options: Any
+    ) -> list[Any]:
+        return await super().receive_until_action(action, timeout=timeout, **options)
+
+    async def receive_all_json(
+        self, timeout: float = TIMEOUT, stop_action: str | None = ACTION_COMPLETE, **options: Any
+    ) -> list[Any]:
+        if stop_action is None:
+            raise TypeError("read until a known frame (a barrier), not until the line is quiet")
+        return await super().receive_all_json(timeout=timeout, stop_action=stop_action, **options)
+
+    async def receive_all_messages(
+        self, stop_action: str | None = ACTION_COMPLETE, timeout: float = TIMEOUT, **options: Any
+    ) -> list[BaseMessage]:
+        if stop_action is None:
+            raise TypeError("read until a known frame (a barrier), not until the line is quiet")
+        return await super().receive_all_messages(
+            stop_action=stop_action, timeout=timeout, **options
+        )
+
+    async def assert_authenticated_status_ok(self, timeout: float = TIMEOUT) -> None:
+        await super().assert_authenticated_status_ok(timeout=timeout)
+
+    async def assert_closed(self, code: int | None = None, timeout: float = TIMEOUT) -> None:
+        await super().assert_closed(code=code, timeout=timeout)
+
+    async def disconnect(self, code: int = 1000, timeout: float = TIMEOUT) -> None:
+        await super().disconnect(code=code, timeout=timeout)
+
+
+def _reset_orm_thread() -> None:
+    """Close this thread's database connections; an in-memory SQLite one included,
+    which from now on closes when asked, as any other database's connection does.
+    (Django ignores close() on an in-memory database, which closing would destroy;
+    the test runner's connection on the main thread keeps it alive.)"""
+    for conn in connections.all(initialized_only=True):
+        if conn.vendor == "sqlite" and conn.is_in_memory_db():
+            conn.is_in_memory_db = lambda: False
+        if conn.connection is not None and not conn.in_atomic_block:
+            conn.close()
+
+
+@pytest.fixture(autouse=True)
+def fresh_orm_thread() -> Any:
+    """Every test starts and ends with no database connection open on the thread
+    the ORM's async calls run on (asgiref's single thread for sync code). Otherwise
+    a test that touches the database leaves one behind: on the in-memory test
+    database it can never be closed, so chanx would see it obsolete before every
+    frame of every later test and hop to that thread each time (tests would run
+    the hop path or not depending on which tests ran before them); on PostgreSQL
+    it keeps the test database from being dropped at the end."""
+    orm_thread = SyncToAsync.single_thread_executor
+    orm_thread.submit(_reset_orm_thread).result(timeout=TIMEOUT)
+    yield
+    orm_thread.submit(_reset_orm_thread).result(timeout=TIMEOUT)
+
+
 @pytest.fixture
 async def ws() -> Any:
     """``await ws(path, ...)``: a connected communicator, disconnected at teardown.
@@ -856,8 +943,8 @@ async def ws() -> Any:
         user: Any = None,
         headers: list[tuple[bytes, bytes]] | None = None,
         auth_ok: bool = True,
-    ) -> WebsocketCommunicator:
-        communicator = WebsocketCommunicator(application, ws_path, headers, user=user)
+    ) -> Communicator:
+        communicator = Communicator(application, ws_path, headers, user=user)
         opened.append(communicator)
         connected, _ = await communicator.connect()
         assert connected, f"{ws_path} refused the handshake"
@@ -879,7 +966,7 @@ def chanx_caplog(caplog: pytest.LogCaptureFixture) -> Any:
     chanx.logger.removeHandler(caplog.handler)
 
 
-async def wait_until(predicate: Any, what: str, timeout: float = 2.0) -> None:
+async def wait_until(predicate: Any, what: str, timeout: float = TIMEOUT) -> None:
     """Yield to the event loop until ``predicate()`` holds; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -888,12 +975,19 @@ async def wait_until(predicate: Any, what: str, timeout: float = 2.0) -> None:
         await asyncio.sleep(0)
 
 
-async def wait_event(event: asyncio.Event, timeout: float = 2.0) -> None:
+async def wait_event(event: asyncio.Event, timeout: float = TIMEOUT) -> None:
     await asyncio.wait_for(event.wait(), timeout)
 
 
+async def loop_turns(turns: int = 100) -> None:
+    """Let every ready task run, ``turns`` times over: what the in-memory layer and the
+    consumers would do next without waiting on a socket or a clock has been done."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
 async def receive_until(
-    communicator: WebsocketCommunicator, predicate: Any, timeout: float = 2.0
+    communicator: WebsocketCommunicator, predicate: Any, timeout: float = TIMEOUT
 ) -> list[Any]:
     """Frames up to and including the first one ``predicate`` accepts."""
     frames = []
@@ -903,6 +997,38 @@ async def receive_until(
         frames.append(frame)
         if predicate(frame):
             return frames
+
+
+async def frames_before(
+    communicator: WebsocketCommunicator, barrier: BaseMessage, answer: Any
+) -> list[Any]:
+    """Send ``barrier`` and read up to its ``answer``: the frames that came before it.
+
+    Frames are answered in order, so a frame the server should not have sent
+    (a late reply, a duplicate) comes before the barrier's answer and is seen
+    here, however late it was: a negative check without a time window."""
+    await communicator.send_message(barrier)
+    frames = await receive_until(communicator, lambda frame: frame == answer)
+    return frames[:-1]
+
+
+async def nothing_more(communicator: WebsocketCommunicator) -> list[Any]:
+    """For a socket the server closed: what the application still sent, through its
+    end. Once it has returned it can send nothing more, so an empty list is a
+    negative check without a time window.
+
+    The application first takes in what was sent (``input_queue`` empty) and
+    every ready task runs; then the client disconnects, and the application ends."""
+    await wait_until(communicator.input_queue.empty, "the application to read its input")
+    await loop_turns()
+    sent: list[Any] = []
+    if not await communicator.receive_nothing(timeout=0):
+        sent.append(await communicator.receive_json_from())
+    await communicator.disconnect()
+    assert communicator.future.done()
+    while not communicator.output_queue.empty():
+        sent.append(communicator.output_queue.get_nowait())
+    return sent
 
 
 def actions(frames: list[Any]) -> list[Any]:
@@ -927,6 +1053,7 @@ async def session_cookie(user: Any) -> list[tuple[bytes, bytes]]:
 
 
 NOT_PROVIDED = "Authentication credentials were not provided."
+PONG = {"action": "pong", "payload": None}
 
 
 def auth_frame(status_code: int, detail: str) -> dict[str, Any]:
@@ -1274,6 +1401,7 @@ async def test_handler_exception_gets_generic_error_and_traceback_in_log(
 ###############################################################################
 
 CAMEL_PAYLOAD = {"someField": 1, "innerItem": {"listOfThings": [{"deepValue": 2}]}}
+CAMEL_EMPTY = {"someField": 0, "innerItem": {"listOfThings": []}}
 
 
 @db
@@ -1298,7 +1426,10 @@ async def test_camelize_setting_converts_both_directions(ws: Any) -> None:
         # the test communicator camelizes what it sends, and reads frames back typed
         payload = NestedPayload(some_field=4, inner_item=InnerItem(list_of_things=[]))
         await communicator.send_message(CamelMessage(payload=payload))
-        messages = await communicator.receive_all_messages(stop_action=None, timeout=0.05)
+        barrier = NestedPayload(some_field=5, inner_item=InnerItem(list_of_things=[]))
+        barrier_reply = {"action": "camel_reply", "payload": {**CAMEL_EMPTY, "someField": 5}}
+        frames = await frames_before(communicator, CamelMessage(payload=barrier), barrier_reply)
+        messages = [communicator.to_message(frame) for frame in frames]
         assert messages == [CamelReply(payload=payload)]
 
 
@@ -1387,7 +1518,7 @@ async def test_missing_action_error_names_the_configured_key(ws: Any) -> None:
 
 async def echo_twice(ws_path: str) -> list[str]:
     """The actions a connection sends for two echo frames (completion or not)."""
-    communicator = WebsocketCommunicator(router, ws_path)
+    communicator = Communicator(router, ws_path)
     try:
         await communicator.connect()
         await communicator.assert_authenticated_status_ok()
@@ -1503,7 +1634,7 @@ async def test_slow_handler_does_not_delay_disconnect(ws: Any) -> None:
     communicator = await ws("/ws/work/")
     await communicator.send_message(BlockMessage(payload=7))
     await wait_event(PROBE.entered)
-    await communicator.disconnect(code=1001, timeout=2)
+    await communicator.disconnect(code=1001)  # would cancel the app after TIMEOUT
     assert communicator.future.done() and not communicator.future.cancelled()
     assert ("cancelled", 7) in PROBE.calls  # the handler was cancelled, not awaited
     assert ("disconnect", 1001) in PROBE.calls
@@ -1517,19 +1648,27 @@ async def test_backpressure_stops_reading_until_handlers_catch_up(ws: Any) -> No
         for n in range(total):
             await communicator.send_message(BlockMessage(payload=n))
         await wait_event(PROBE.entered)
-        # 4 frames in flight (one in the handler, three queued) and one read
-        # ahead (so that a disconnect is never kept waiting); the rest unread
-        await wait_until(lambda: communicator.input_queue.qsize() == total - 5, "reading to stop")
-        assert await communicator.receive_nothing(timeout=0.05)
-        assert communicator.input_queue.qsize() == total - 5
+        # 4 frames in flight (one in the handler, three queued) and at most one
+        # read ahead (so that a disconnect is never kept waiting); the rest unread
+        await wait_until(lambda: communicator.input_queue.qsize() <= total - 4, "reading")
+        await loop_turns()  # whatever chanx would read without a free slot, it has read
+        assert total - 5 <= communicator.input_queue.qsize() <= total - 4
+        unread = communicator.input_queue.qsize()
+        await loop_turns()
+        assert communicator.input_queue.qsize() == unread  # reading stopped
+        assert communicator.output_queue.empty()  # no reply while the handler holds
         assert PROBE.entries == 1  # the handler holds the first frame; none overtook it
         PROBE.gate.set()
         replies = [await communicator.receive_json_from() for _ in range(total)]
+        assert await frames_before(communicator, EchoMessage(payload=-1), ECHO_BACK) == []
         assert [r["payload"] for r in replies] == list(range(total))
         assert communicator.input_queue.qsize() == 0
         assert PROBE.entries == total
         assert PROBE.max_active == 1  # one frame at a time, in order
 
+
+#: A barrier's answer: the reply to ``EchoMessage(payload=-1)`` on WorkConsumer.
+ECHO_BACK = {"action": "echo_reply", "payload": -1}
 
 #: One token per 1000 s after a burst of 3: the refill never matters within a test.
 RATE_LIMITED = {"RATE_LIMIT": 0.001, "RATE_LIMIT_BURST": 3, "SEND_COMPLETION": True}
@@ -1565,7 +1704,7 @@ async def test_rate_limited_frames_are_answered_in_order(ws: Any) -> None:
 @db
 async def test_disconnect_mid_handler_leaves_no_task_behind() -> None:
     before = asyncio.all_tasks()
-    communicator = WebsocketCommunicator(router, "/ws/work/")
+    communicator = Communicator(router, "/ws/work/")
     try:
         await communicator.connect()
         await communicator.assert_authenticated_status_ok()
@@ -1589,7 +1728,7 @@ async def test_no_frame_is_handled_after_the_server_closes(ws: Any) -> None:
     await communicator.assert_closed()
     assert communicator.received == [auth_frame(200, "OK")]
     await communicator.send_message(EchoMessage(payload=99))
-    assert await communicator.receive_nothing(timeout=0.05)
+    assert await nothing_more(communicator) == []
     assert PROBE.names().count("close_me") == 1
     assert PROBE.values("echo") == []  # queued before the close, never handled
 
@@ -1637,7 +1776,8 @@ def make_closable(monkeypatch: pytest.MonkeyPatch, conn: Any) -> None:
     """Let close() really close the test database's in-memory SQLite connection
     (the database survives: the test runner's own connection keeps it) and
     give it a CONN_MAX_AGE so a reconnection is not born obsolete."""
-    monkeypatch.setattr(conn, "is_in_memory_db", lambda: False)
+    if conn.vendor == "sqlite":
+        monkeypatch.setattr(conn, "is_in_memory_db", lambda: False)
     monkeypatch.setitem(conn.settings_dict, "CONN_MAX_AGE", 60)
 
 
@@ -1683,9 +1823,8 @@ async def test_healthy_connection_costs_no_thread_hop_per_frame(
     communicator = await ws("/ws/db/")
     raw_before, conn = await db_probe(communicator)
     monkeypatch.setitem(conn.settings_dict, "CONN_MAX_AGE", None)  # persistent connections
-    for ref in chanx._DB_CONNECTIONS:  # every connection chanx watches is healthy
-        if ref() is not None:
-            monkeypatch.setattr(ref(), "close_at", None)
+    for orm_conn in await sync_to_async(connections.all)(initialized_only=True):
+        monkeypatch.setattr(orm_conn, "close_at", None)  # the ORM thread's: all healthy
     close_calls.clear()
     created_connections.clear()
     for _ in range(50):
@@ -2051,10 +2190,11 @@ async def test_no_authentication_frame_when_disabled(ws: Any) -> None:
     user = await make_user("quiet")
     communicator = await ws("/ws/auth/silent/", user=user, auth_ok=False)
     await communicator.send_message(PingMessage())
-    assert actions(await communicator.receive_all_json(stop_action=None, timeout=0.2)) == [
+    assert actions(await communicator.receive_until_action("complete", inclusive=True)) == [
         "pong",
         "complete",
     ]
+    assert await frames_before(communicator, PingMessage(), PONG) == []  # nothing else came
     refused = await ws("/ws/auth/silent/", auth_ok=False)
     await refused.assert_closed(code=4401)
     assert refused.received == []
@@ -2085,18 +2225,18 @@ async def connect_and_flood(communicator: WebsocketCommunicator, frames: int) ->
         await communicator.send_input(
             {"type": "websocket.receive", "text": PingMessage().model_dump_json()}
         )
-    assert (await communicator.receive_output(1))["type"] == "websocket.accept"
+    assert (await communicator.receive_output(TIMEOUT))["type"] == "websocket.accept"
 
 
 @db
 async def test_frames_sent_before_a_failed_authentication_are_never_handled() -> None:
-    communicator = WebsocketCommunicator(router, "/ws/auth/token/")
+    communicator = Communicator(router, "/ws/auth/token/")
     try:
         await connect_and_flood(communicator, 50)
         await assert_refused(communicator, 401)
         assert communicator.received == [auth_frame(401, NOT_PROVIDED)]
         await communicator.send_message(PingMessage())  # after the close, too
-        assert await communicator.receive_nothing(timeout=0.05)
+        assert await nothing_more(communicator) == []
     finally:
         await communicator.disconnect()
     assert PROBE.values("ping") == []
@@ -2105,12 +2245,14 @@ async def test_frames_sent_before_a_failed_authentication_are_never_handled() ->
 @db
 async def test_frames_sent_before_authentication_wait_for_it() -> None:
     user = await make_user("early")
-    communicator = WebsocketCommunicator(router, "/ws/auth/token/", user=user)
+    communicator = Communicator(router, "/ws/auth/token/", user=user)
     try:
         await connect_and_flood(communicator, 50)
         await communicator.assert_authenticated_status_ok()  # first, before any pong
-        frames = await communicator.receive_all_json(stop_action=None, timeout=0.2)
+        frames = [await communicator.receive_json_from() for _ in range(100)]
         assert actions(frames) == ["pong", "complete"] * 50
+        whoami = WhoAmIReply(payload="early").model_dump()
+        assert await frames_before(communicator, WhoAmIMessage(), whoami) == []
     finally:
         await communicator.disconnect()
     assert len(PROBE.values("ping")) == 50
@@ -2118,12 +2260,15 @@ async def test_frames_sent_before_authentication_wait_for_it() -> None:
 
 @db
 async def test_authentication_frame_comes_before_any_group_traffic() -> None:
-    communicator = WebsocketCommunicator(router, "/ws/gated/")
+    communicator = Communicator(router, "/ws/gated/")
     try:
         assert (await communicator.connect())[0]
         await wait_event(PROBE.entered)  # groups joined, post_authentication running
         await GatedConnectConsumer.broadcast_event(NotifyEvent(payload="early"), "gated")
-        await communicator.receive_nothing(timeout=0.05)  # let the layer reader run
+        await loop_turns()  # time for a layer reader, had one started, to send the event
+        assert communicator.output_queue.empty()  # not the event, not the auth frame yet
+        (channel_name,) = get_channel_layer().groups["gated"]
+        assert get_channel_layer().channels[channel_name].qsize() == 1  # the event waits
         PROBE.gate.set()
         await communicator.assert_authenticated_status_ok()
         assert await communicator.receive_json_from() == {"action": "notified", "payload": "early"}
@@ -2211,7 +2356,8 @@ async def test_exclude_current(ws: Any) -> None:
     assert await receiver.receive_json_from() == chat("two", False, False)
     # the sender's channel is FIFO: had "one" come back, it would come first
     assert await sender.receive_json_from() == chat("two", True, True)
-    assert await sender.receive_nothing(timeout=0.02)
+    assert await frames_before(sender, PingMessage(), PONG) == []  # nor came it after
+    assert await frames_before(receiver, PingMessage(), PONG) == []
 
 
 @db
@@ -2300,7 +2446,7 @@ async def test_disconnect_hook_can_still_message_its_groups(ws: Any) -> None:
     staying = await ws("/ws/farewell/")
     await leaving.disconnect()
     assert PROBE.values("groups_at_disconnect") == [["farewell"]]
-    assert await staying.receive_json_from(timeout=0.5) == chat("bye", False, False)
+    assert await staying.receive_json_from() == chat("bye", False, False)
 
 
 ###############################################################################
@@ -2505,6 +2651,9 @@ class TestWebsocketTestCase(WebsocketTestCase):
             pong,
             {"action": "complete", "payload": None},
         ]
+        # the last ping's two frames are there before the quiet read, which then
+        # cannot stop early however slow the machine is
+        await wait_until(lambda: communicator.output_queue.qsize() == 2, "the last pong")
         messages = await communicator.receive_all_messages(stop_action=None, timeout=0.2)
         assert messages == [PongMessage(), chanx.CompleteMessage()]
         assert await communicator.receive_all_json(stop_action=None, timeout=0.02) == []
@@ -2552,8 +2701,15 @@ def test_websocket_test_case_disconnects_its_communicators_at_teardown() -> None
     assert result.wasSuccessful(), result.errors + result.failures
     assert PROBE.values("disconnect") == [1000, 1000]  # WorkConsumer.disconnect ran twice
 
+    # a result of its own: a suite run reusing one sees Case as already set up
+    # and tears the class down again (its class transaction already rolled back)
+    result = unittest.TestResult()
     unittest.TestSuite([Case("test_fails_with_a_socket_open")]).run(result)
     assert [str(error) for _, error in result.failures] != []
+    ((failed, trace),) = result.failures  # that test, for its own reason
+    assert failed.id().endswith("test_fails_with_a_socket_open"), failed
+    assert "AssertionError: this inner test fails on purpose" in trace, trace
+    assert result.errors == []  # the teardown that disconnected raised nothing
     assert PROBE.values("disconnect") == [1000, 1000, 1000]
 
 
@@ -2730,7 +2886,7 @@ async def test_included_router_routes_connections(monkeypatch: pytest.MonkeyPatc
     module.router = URLRouter([path("x/", HandlerConsumer.as_asgi())])  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "chanx_test_routing", module)
     application = URLRouter([path("ws/", chanx.include("chanx_test_routing"))])
-    communicator = WebsocketCommunicator(application, "/ws/x/")
+    communicator = Communicator(application, "/ws/x/")
     try:
         await communicator.connect()
         await communicator.assert_authenticated_status_ok()
@@ -2772,7 +2928,7 @@ def test_discover_routes_walks_middleware_and_nested_routers() -> None:
 
 @db
 async def test_discovered_nested_application_really_routes() -> None:
-    communicator = WebsocketCommunicator(nested_application(), "/ws/items/5/")
+    communicator = Communicator(nested_application(), "/ws/items/5/")
     try:
         await communicator.connect()
         await communicator.assert_authenticated_status_ok()
@@ -3349,15 +3505,22 @@ async def test_fuzzed_frames_on_a_camelcase_consumer(
 async def test_flood_is_held_to_the_in_flight_limit_and_answered_in_order(
     ws: Any, quiet_chanx: list[tuple[int, str, Any]]
 ) -> None:
+    """The bound holds however the frames and the handlers interleave: the first
+    frame's handler waits until chanx holds its limit (so the limit is reached
+    whatever the scheduling), then the other 9,999 drain freely."""
     limit, total = 8, 10_000
     with override_settings(CHANX={"MAX_IN_FLIGHT_MESSAGES": limit}):
         communicator = await ws("/ws/work/")
         (consumer,) = PROBE.consumers
         held = HeldFrames(consumer)
         try:
-            for n in range(total):  # all pipelined before the consumer reads one
+            await communicator.send_message(BlockMessage(payload=0))  # waits on PROBE.gate
+            for n in range(1, total):  # all pipelined before the consumer reads one
                 await communicator.send_message(EchoMessage(payload=n))
-            replies = [await communicator.receive_json_from(timeout=5) for _ in range(total)]
+            await wait_until(lambda: held.max_pending >= limit, "chanx to hold its limit")
+            unread = communicator.input_queue.qsize()
+            PROBE.gate.set()
+            replies = [await communicator.receive_json_from() for _ in range(total)]
         finally:
             await held.stop()
     print(
@@ -3365,11 +3528,12 @@ async def test_flood_is_held_to_the_in_flight_limit_and_answered_in_order(
         f"{held.max_queued} queued in the consumer ({held.samples} samples)"
     )
     assert [r["payload"] for r in replies] == list(range(total))
-    assert {r["action"] for r in replies} == {"echo_reply"}
-    assert PROBE.values("echo") == list(range(total))
+    assert [r["action"] for r in replies] == ["block_reply"] + ["echo_reply"] * (total - 1)
+    assert PROBE.values("echo") == list(range(1, total))
     # never more than the limit (+ the one message read ahead) held by chanx:
     # the rest waited in the socket
-    assert held.max_pending == limit + 1  # reached, so the bound was tested
+    assert limit <= held.max_pending <= limit + 1  # reached, so the bound was tested
+    assert unread >= total - limit - 1  # chanx had stopped reading
     assert held.max_queued <= limit + 1
     assert communicator.input_queue.qsize() == 0
     assert consumer._pending == 0 and not consumer._frames
@@ -3398,7 +3562,7 @@ async def test_rate_limited_flood_is_answered_in_order_and_never_queued(
         try:
             for n in range(total):
                 await communicator.send_message(EchoMessage(payload=n))
-            frames = [await communicator.receive_json_from(timeout=5) for _ in range(2 * total)]
+            frames = [await communicator.receive_json_from() for _ in range(2 * total)]
         finally:
             await held.stop()
     answers, completes = frames[0::2], frames[1::2]
@@ -3459,26 +3623,19 @@ async def test_rate_limit_below_one_per_second_admits_a_frame_per_period(
 
 @db
 async def test_sleeping_handler_delays_neither_group_messages_nor_events(ws: Any) -> None:
+    """How fast they arrive is bench/'s to measure; this test checks that they do."""
     slow = await ws("/ws/sleepy/")
     other = await ws("/ws/work/")  # the same "work" group
-    await slow.send_message(BlockMessage(payload=1))  # its handler sleeps 2 s
+    await slow.send_message(BlockMessage(payload=1))  # its handler sleeps
     await wait_event(PROBE.entered)
-    delays = []
     for n in range(10):
-        sent = time.monotonic()
         await WorkConsumer.broadcast_event(NotifyEvent(payload=f"news {n}"), "work")
         assert await slow.receive_json_from() == {"action": "notified", "payload": f"news {n}"}
-        delays.append(time.monotonic() - sent)
-        sent = time.monotonic()
         await other.send_message(SayMessage(payload=SayPayload(text=f"hi {n}")))
         assert await slow.receive_json_from() == chat(f"hi {n}", False, False)
-        delays.append(time.monotonic() - sent)
     assert PROBE.active == 1  # all of it while the handler slept
-    delays.sort()
-    print(f"slow handler: median {delays[10] * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms")
-    assert delays[-1] < 0.05, delays
     await slow.disconnect()
-    assert ("cancelled", 1) in PROBE.calls  # the disconnect did not wait the 2 s out
+    assert ("cancelled", 1) in PROBE.calls  # the disconnect did not wait the sleep out
 
 
 # Disconnects and closes.
@@ -3494,12 +3651,12 @@ async def test_disconnect_mid_handler_leaves_no_task_group_or_unhandled_error(
     loop.set_exception_handler(lambda loop, context: reported.append(context))
     layer = get_channel_layer()
     before = asyncio.all_tasks()
-    communicators = [WebsocketCommunicator(router, "/ws/sleepy/") for _ in range(5)]
+    communicators = [Communicator(router, "/ws/sleepy/") for _ in range(5)]
     try:
         for n, communicator in enumerate(communicators):
             assert (await communicator.connect())[0]
             await communicator.assert_authenticated_status_ok()
-            await communicator.send_message(BlockMessage(payload=n))  # sleeps 2 s
+            await communicator.send_message(BlockMessage(payload=n))  # sleeps (HANDLER_SLEEP)
             for m in range(3):  # queued behind it
                 await communicator.send_message(EchoMessage(payload=m))
         await wait_until(lambda: PROBE.active == 5, "every handler asleep")
@@ -3507,7 +3664,7 @@ async def test_disconnect_mid_handler_leaves_no_task_group_or_unhandled_error(
         assert all(channel in layer.groups["work"] for channel in channels)
         await WorkConsumer.broadcast_event(NotifyEvent(payload="in flight"), "work")
         assert len(connection_tasks(before)) >= 15  # per connection: app, worker, layer reader
-        await asyncio.gather(*(c.disconnect(timeout=2) for c in communicators))
+        await asyncio.gather(*(c.disconnect() for c in communicators))
     finally:
         for communicator in communicators:
             await communicator.disconnect()
@@ -3531,7 +3688,7 @@ async def test_disconnect_is_not_delayed_by_backpressure(ws: Any) -> None:
         communicator = await ws("/ws/work/")
         await communicator.send_message(BlockMessage(payload=1))  # the limit is reached
         await wait_event(PROBE.entered)
-        await communicator.disconnect(code=1001, timeout=0.5)  # cancels the app after it
+        await communicator.disconnect(code=1001)  # would cancel the app after TIMEOUT
     assert not communicator.future.cancelled()  # it returned, by itself
     assert ("cancelled", 1) in PROBE.calls
     assert ("disconnect", 1001) in PROBE.calls
@@ -3551,7 +3708,7 @@ async def test_server_close_during_a_handler_stops_all_frame_handling(ws: Any) -
     await wait_until(lambda: consumer._pending == 0, "the queued frames to be dropped")
     await communicator.send_message(EchoMessage(payload=99))
     await WorkConsumer.broadcast_event(NotifyEvent(payload="late"), "work")
-    assert await communicator.receive_nothing(timeout=0.05)
+    assert await nothing_more(communicator) == []
     assert communicator.received == [auth_frame(200, "OK")]  # no reply, no complete
     assert PROBE.entries == 1
     assert PROBE.values("echo") == []
@@ -3568,7 +3725,7 @@ async def test_handler_that_closes_then_returns_sends_nothing_more(ws: Any) -> N
     (consumer,) = PROBE.consumers
     await wait_until(lambda: consumer._pending == 0, "the queued frames to be dropped")
     await communicator.send_message(EchoMessage(payload=99))
-    assert await communicator.receive_nothing(timeout=0.05)
+    assert await nothing_more(communicator) == []
     assert communicator.received == [auth_frame(200, "OK")]  # not its reply, no complete
     assert PROBE.values("echo") == []
 
@@ -3576,11 +3733,11 @@ async def test_handler_that_closes_then_returns_sends_nothing_more(ws: Any) -> N
 # Isolation between users, secrets in the log.
 
 
-async def example_ws(ws_path: str, headers: list[tuple[bytes, bytes]]) -> WebsocketCommunicator:
+async def example_ws(ws_path: str, headers: list[tuple[bytes, bytes]]) -> Communicator:
     """A connection through the example's own ASGI application (and its middleware)."""
     import config.asgi
 
-    communicator = WebsocketCommunicator(config.asgi.application, ws_path, headers)
+    communicator = Communicator(config.asgi.application, ws_path, headers)
     assert (await communicator.connect())[0]
     return communicator
 
@@ -3617,8 +3774,10 @@ async def test_users_can_neither_join_nor_hear_each_others_conversations() -> No
         assert (await alice_ws.receive_json_from())["payload"]["content"] == "for private"
         # bob's channel is FIFO: had alice's event reached him, it would come first
         assert (await bob_ws.receive_json_from())["payload"]["content"] == f"for {bobs}"
-        for communicator in (alice_ws, bob_ws, intruder, anonymous, guess):
-            assert await communicator.receive_nothing(timeout=0.02)
+        for communicator in (alice_ws, bob_ws):  # and nothing else, however late
+            assert await frames_before(communicator, PingMessage(), PONG) == []
+        for communicator in (intruder, anonymous, guess):  # closed: nothing at all
+            assert await nothing_more(communicator) == []
         assert "for private" not in json.dumps(bob_ws.received + intruder.received)
     finally:
         for communicator in opened:
