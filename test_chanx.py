@@ -3666,6 +3666,7 @@ WARM_UP = Batch(
         '{"action": "\\ud800"}',
         "{not json",
         b"\x00binary",
+        '{"action": 1, "ref": []}',  # "ref": the slow path's adapter, built on first use
     ]
 )
 
