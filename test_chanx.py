@@ -4518,6 +4518,17 @@ async def test_everything_a_frame_causes_carries_its_ref_and_other_frames_are_un
 
 
 @db
+async def test_receive_nothing_keeps_the_frames_it_saw_in_their_order() -> None:
+    communicator = await connect(HoldConsumer)
+    for n in range(3):
+        await communicator.send_message(Echo(payload=n))
+    await wait_until(lambda: communicator.output_queue.qsize() == 3, "the three replies")
+    assert await communicator.receive_nothing(timeout=0) is False  # it saw frame 0...
+    assert [(await communicator.receive_json_from())["payload"] for _ in range(3)] == [0, 1, 2]
+    assert await communicator.receive_nothing(timeout=0) is True
+
+
+@db
 async def test_a_frame_without_ref_is_byte_for_byte_what_it_was() -> None:
     communicator = await connect(HoldConsumer)
     await communicator.send_to(text_data='{"action":"echo","payload":[1,"\u00e9"]}')
