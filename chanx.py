@@ -439,7 +439,7 @@ class _Wire:
     camelize: bool = False
     key: str = "action"
 
-    @property
+    @functools.cached_property
     def plain(self) -> bool:
         return not self.camelize and self.key == "action"
 
@@ -997,7 +997,8 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
 
     async def _run(self, handlers: dict[str, _Handler], message: Any, fallback: Any) -> None:
         """Call the handler of ``message`` (or ``fallback``) and send what it returns."""
-        await _ensure_db_hygiene()
+        if _db_needs_cleanup():  # as _ensure_db_hygiene(), without a coroutine per frame
+            await sync_to_async(_close_old_connections)()
         handler = handlers.get(message.action)
         reply = await (fallback if handler is None else getattr(self, handler.name))(message)
         if reply is not None:
@@ -1676,12 +1677,13 @@ class _OrmThread:
     """The ORM's thread and its connections (one wrapper per database alias)."""
 
     ident: int | None = None
-    connections: weakref.WeakSet[Any] = weakref.WeakSet()
+    connections: tuple[Any, ...] = ()
 
 
 def _watch_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
-    if threading.get_ident() == _OrmThread.ident:
-        _OrmThread.connections.add(connection)  # a set: a reconnection adds nothing
+    known = _OrmThread.connections
+    if threading.get_ident() == _OrmThread.ident and connection not in known:
+        _OrmThread.connections = (*known, connection)  # a reconnection adds nothing
 
 
 connection_created.connect(_watch_connection)
@@ -1694,7 +1696,7 @@ def _close_old_connections() -> None:
     initialized = connections.all(initialized_only=True)
     if _OrmThread.ident != threading.get_ident():  # a new ORM thread: watch its connections
         _OrmThread.ident = threading.get_ident()
-        _OrmThread.connections = weakref.WeakSet(initialized)
+        _OrmThread.connections = tuple(initialized)
     for conn in initialized:
         if not conn.in_atomic_block:
             conn.close_if_unusable_or_obsolete()
