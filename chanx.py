@@ -959,7 +959,8 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             item = frames.items.popleft()
             try:
                 for _ in range(1 if isinstance(item, str) else item.count):
-                    _FRAME_REF.set(None)
+                    if _FRAME_REF.get() is not None:  # the previous frame's
+                        _FRAME_REF.set(None)
                     if isinstance(item, _Refused):
                         await self.on_bad_frame(item.detail)
                     elif not self._closed:
