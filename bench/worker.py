@@ -637,12 +637,10 @@ async def _stats(url: str) -> dict:
         return json.loads(await ws.recv())
 
 
-async def db_client(a) -> dict:
-    """Each connection bumps its own row (id = its index + 1) and checks the count goes up by one."""
-    import psutil
+async def _open_conns(a) -> list:
+    """Open ``a.conns`` sockets to ``a.url``, each past its ``a.connect_frames`` greeting frames."""
     from websockets.asyncio.client import connect as ws_connect
 
-    server = psutil.Process(a.server_pid)
     conns = []
     for _ in range(a.conns):
         ws = await ws_connect(
@@ -651,6 +649,14 @@ async def db_client(a) -> dict:
         for _ in range(a.connect_frames):
             await ws.recv()
         conns.append(ws)
+    return conns
+
+
+async def db_client(a) -> dict:
+    """Each connection bumps its own row (id = its index + 1) and checks the count goes up by one."""
+    import psutil
+    server = psutil.Process(a.server_pid)
+    conns = await _open_conns(a)
     bad: list[str] = []
     last: dict[int, int] = {}
 
@@ -706,17 +712,8 @@ async def db_client(a) -> dict:
 
 async def client(a) -> dict:
     import psutil
-    from websockets.asyncio.client import connect as ws_connect
-
     server = psutil.Process(a.server_pid)
-    conns = []
-    for _ in range(a.conns):
-        ws = await ws_connect(
-            a.url, compression=None, ping_interval=None, max_queue=None, open_timeout=30
-        )
-        for _ in range(a.connect_frames):
-            await ws.recv()
-        conns.append(ws)
+    conns = await _open_conns(a)
     ref = await _ws_echo(conns[0])
     if json.loads(ref).get("action") != "echo":
         raise BenchError(f"unexpected echo reply over the socket: {ref!r}")
