@@ -58,6 +58,7 @@ import inspect
 import json
 import logging
 import operator
+import queue
 import re
 import sys
 import threading
@@ -68,9 +69,10 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import AsyncToSync, SyncToAsync, async_to_sync, sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer as _ChannelsJsonConsumer
@@ -149,6 +151,8 @@ _SETTINGS: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "MAX_MESSAGE_SIZE": (1024 * 1024, (int,)),  # bytes of one incoming frame
     "MAX_IN_FLIGHT_MESSAGES": (64, (int,)),  # frames waiting per connection (backpressure)
     "BACKPRESSURE_TIMEOUT": (1.0, _NUMBER),  # seconds reading stops before frames are refused
+    "DRAIN_TIMEOUT": (5.0, _NUMBER),  # seconds a running handler may finish after a close
+    "ORM_THREADS": (8, (int, None)),  # threads for the ORM's calls; None: Channels' one
     "RATE_LIMIT": (None, (*_NUMBER, None)),  # frames per second per connection
     "RATE_LIMIT_BURST": (None, (*_NUMBER, None)),
     "PLAYGROUND_ACCESS": ("debug_or_staff", ("debug_or_staff", "staff", "public", "off")),
@@ -695,16 +699,9 @@ class ChanxWebsocketAuthenticator(_AuthOptions):
         self.request: Request | None = None
 
     async def authenticate(self, scope: Scope) -> AuthenticationResult:
-        """Run DRF once, in the ORM's thread, closing stale DB connections around it."""
-        result: AuthenticationResult = await sync_to_async(self._authenticate_cleanly)(scope)
+        """Run DRF once, on the ORM's thread."""
+        result: AuthenticationResult = await sync_to_async(self.authenticate_sync)(scope)
         return result
-
-    def _authenticate_cleanly(self, scope: Scope) -> AuthenticationResult:
-        _close_old_connections()  # as Channels' database_sync_to_async does
-        try:
-            return self.authenticate_sync(scope)
-        finally:
-            _close_old_connections()
 
     def build_view(self, request: HttpRequest, kwargs: dict[str, Any]) -> Any:
         """The configured ``ChanxAuthView`` instance for one handshake."""
@@ -824,6 +821,7 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
     _closed = False  # closed (or gone): nothing more is handled or sent
     _left = False  # tasks stopped and groups left
     _stalled = False  # the queue stayed full past BACKPRESSURE_TIMEOUT
+    _layer_busy = False  # the layer reader is handling a message
     _frames: _Frames | None = None  # made on the first frame
     _worker: asyncio.Task[None] | None = None
     _layer_reader: asyncio.Task[None] | None = None
@@ -883,22 +881,23 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
         if self._cfg.rate is not None:
             self._tokens, self._last_refill = self._cfg.burst, time.monotonic()
         self._conn_id = uuid.uuid4().hex[:12]
-        try:
-            result = await self.authenticate()
-            if result.is_authenticated:
-                self.user, self.obj = result.user, result.obj
-                if getattr(self.user, "is_authenticated", False):
-                    self._user_key = str(self.user.pk)
-                await self.add_groups()  # before the handshake completes: no event is missed
-        except Exception as exc:
-            result = self._server_error(exc)
-        offered = self.scope.get("subprotocols") or ()
-        await self.accept(next((p for p in offered if p in self.subprotocols), None))
-        try:
-            if result.is_authenticated:
-                await self.post_authentication()
-        except Exception as exc:
-            result = self._server_error(exc)
+        async with _OrmUnit(self._cfg.pool):
+            try:
+                result = await self.authenticate()
+                if result.is_authenticated:
+                    self.user, self.obj = result.user, result.obj
+                    if getattr(self.user, "is_authenticated", False):
+                        self._user_key = str(self.user.pk)
+                    await self.add_groups()  # before the handshake completes: no event is missed
+            except Exception as exc:
+                result = self._server_error(exc)
+            offered = self.scope.get("subprotocols") or ()
+            await self.accept(next((p for p in offered if p in self.subprotocols), None))
+            try:
+                if result.is_authenticated:
+                    await self.post_authentication()
+            except Exception as exc:
+                result = self._server_error(exc)
         if self._cfg.send_authentication_message:
             payload = AuthenticationPayload(
                 status_code=result.status_code, status_text=result.status_text, data=result.data
@@ -954,7 +953,8 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
         return True
 
     async def _work(self, frames: _Frames) -> None:
-        """The worker: handle queued frames one at a time, in arrival order."""
+        """The worker: handle queued frames one at a time, in arrival order (once closed,
+        it drops them)."""
         while frames.items:
             item = frames.items.popleft()
             try:
@@ -997,11 +997,11 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             await self.on_handler_error(exc, message)
 
     async def _run(self, handlers: dict[str, _Handler], message: Any, fallback: Any) -> None:
-        """Call the handler of ``message`` (or ``fallback``) and send what it returns."""
-        if _db_needs_cleanup():  # as _ensure_db_hygiene(), without a coroutine per frame
-            await sync_to_async(_close_old_connections)()
+        """Call the handler of ``message`` (or ``fallback``), on the ORM's thread of a unit
+        of work of its own, and send what it returns."""
         handler = handlers.get(message.action)
-        reply = await (fallback if handler is None else getattr(self, handler.name))(message)
+        async with _OrmUnit(self._cfg.pool):
+            reply = await (fallback if handler is None else getattr(self, handler.name))(message)
         if reply is not None:
             await self.send_message(reply)
 
@@ -1012,8 +1012,8 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
         """Cancel and await every task of the connection, leave groups, call ``disconnect``."""
         await self._leave()
         try:
-            await _ensure_db_hygiene()
-            await self.disconnect(message.get("code", 1000))
+            async with _OrmUnit(_orm_pool()):
+                await self.disconnect(message.get("code", 1000))
         except Exception:
             logger.exception("disconnect() failed", extra=_log_context(self))
         if logger.isEnabledFor(logging.INFO):
@@ -1021,15 +1021,26 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             logger.info("Websocket disconnected", extra=context)
 
     async def _leave(self) -> None:
-        """Cancel and await this connection's tasks, then leave its groups (once)."""
+        """Stop this connection's tasks, then leave its groups (once). A handler that is
+        running (a frame's or a channel-layer message's) may finish within
+        ``DRAIN_TIMEOUT``: nothing new starts, what it sends is dropped, and a server
+        that stops (SIGTERM) does not cut it mid-way."""
         if self._left:
             return
         self._closed = self._left = True
-        pending = {t for t in (self._worker, self._layer_reader) if t is not None and not t.done()}
-        while pending:  # again until done: a cancel can be swallowed (CPython gh-86296)
-            for task in pending:
+        tasks = {t for t in (self._worker, self._layer_reader) if t is not None and not t.done()}
+        busy = {t for t in tasks if t is self._worker or self._layer_busy}
+        try:
+            for task in tasks - busy:
                 task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.5)
+            if busy:
+                await asyncio.wait(busy, timeout=chanx_settings.DRAIN_TIMEOUT)
+        finally:
+            pending = {t for t in tasks if not t.done()}
+            while pending:  # again until done: a cancel can be swallowed (CPython gh-86296)
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=0.5)
         if self._frames is not None:
             self._frames.items.clear()
         for group in self.groups if self.channel_layer is not None else ():
@@ -1194,7 +1205,7 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
         joined again (a restarted Redis may have lost them) before reading resumes."""
         layer, name = self.channel_layer, self.channel_name
         failing, delay = False, 0.05
-        while True:
+        while not self._closed:
             try:
                 if failing:
                     for group in self.groups:
@@ -1209,6 +1220,7 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            self._layer_busy = True  # a disconnect lets the handler finish (DRAIN_TIMEOUT)
             try:
                 if message.get("type") == _GROUP_TYPE:
                     await self._relay_group_message(message)
@@ -1221,6 +1233,8 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             except Exception:
                 context = _log_context(self)
                 logger.exception("Failed to handle a channel-layer message", extra=context)
+            finally:
+                self._layer_busy = False
 
     async def _relay_group_message(self, message: ASGIMessage) -> None:
         """Pass a group message on: the text the sender serialised once for every
@@ -1251,8 +1265,8 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             context = _log_context(self)
             logger.warning("No handler for channel-layer message %r", kind, extra=context)
             return
-        await _ensure_db_hygiene()
-        await handler(message)
+        async with _OrmUnit(self._cfg.pool):
+            await handler(message)
 
     # Server-side events ####################################################
 
@@ -1424,6 +1438,7 @@ class _Config:
     rate: float | None
     burst: float
     incoming: TypeAdapter[Any] | None
+    pool: _OrmPool | None
     tags: tuple[str, ...]  # the actions, when the incoming adapter is a tagged union
     completions: dict[str, str]  # the completion frames' text
 
@@ -1453,6 +1468,7 @@ class _Config:
             rate=rate,
             burst=max(1.0, float(chanx_settings.RATE_LIMIT_BURST or rate or 1)),  # 1 frame at least
             incoming=meta.adapter("incoming"),
+            pool=_orm_pool(),
             tags=tuple(a for group in actions for a in group) if len(actions) > 1 else (),
             completions={
                 m.model_construct().action: wire.dump(m.model_construct()) for m in _COMPLETIONS
@@ -1662,65 +1678,198 @@ def _build_meta(cls: type[AsyncJsonWebsocketConsumer[Any]]) -> _ConsumerMeta:
 AsyncJsonWebsocketConsumer._chanx_meta = _ConsumerMeta({}, {}, (), (), ())
 
 
-# Database hygiene without a thread hop per frame. Channels runs
-# close_old_connections() on a worker thread before every message (a hop of
-# 60-150 us, to one shared thread). chanx remembers the thread its own sync
-# code (authentication, cleanup) last ran on, the thread the ORM's async
-# calls run on, watches that thread's connections from the event loop, and
-# hops there only when one is obsolete (CONN_MAX_AGE), errored or out of
-# autocommit: what close_old_connections() acts on. Under Django's default
-# CONN_MAX_AGE=0 that is after every frame that used the database, as in
-# Channels. A connection inside a transaction is never closed (in tests, the
-# TestCase's).
+# The ORM's threads. Channels runs every thread-sensitive call (Django's async
+# ORM, database_sync_to_async, sync_to_async) on asgiref's one shared thread, one
+# call at a time: one slow query holds every connection of the process, and a
+# transaction held across awaits takes in the other connections' writes. Django's
+# HTTP handler gives each request a thread of its own; chanx does the same with a
+# bounded pool (ORM_THREADS). Each unit of work (a handshake, a frame, a
+# channel-layer message, the disconnect) takes a free thread at its first
+# thread-sensitive call and keeps it until it ends, waiting (first come, first
+# served) while every thread is held; a unit that never calls the ORM takes none.
+# So a frame sees one connection per database, as a request does, and a process
+# opens at most ORM_THREADS connections per database.
+#
+# Database hygiene costs no hop: close_old_connections(), sparing transactions,
+# runs on a thread when a unit takes it, before the unit's first call. Under
+# Django's default CONN_MAX_AGE=0 a unit that uses the database reconnects, as a
+# request does.
+#
+# ORM_THREADS=None keeps Channels' shared thread. Then chanx watches that thread's
+# connections from the event loop and hops there before a unit only when one is
+# obsolete (CONN_MAX_AGE), errored or out of autocommit: what
+# close_old_connections() acts on.
 
 
 class _OrmThread:
-    """The ORM's thread and its connections (one wrapper per database alias)."""
+    """A thread of the pool: it runs what the unit holding it submits, in order."""
 
-    ident: int | None = None
-    connections: tuple[Any, ...] = ()
+    def __init__(self, name: str) -> None:
+        self.calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None]
+        self.calls = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def _serve(self) -> None:
+        while (call := self.calls.get()) is not None:
+            fn, future = call
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # handed to the awaiting coroutine
+                    future.set_exception(exc)
 
 
-def _watch_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
-    known = _OrmThread.connections
-    if threading.get_ident() == _OrmThread.ident and connection not in known:
-        _OrmThread.connections = (*known, connection)  # a reconnection adds nothing
+class _OrmPool:
+    """``ORM_THREADS`` threads (started as needed) and the units waiting for one."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.threads, self.free = size, list[_OrmThread](), list[_OrmThread]()
+        self.waiting: deque[tuple[_OrmUnit, Callable[[], Any], Future[Any]]] = deque()
+        self.lock = threading.Lock()
+
+    def submit(self, unit: _OrmUnit, fn: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self.lock:
+            if unit._exited:  # a task the unit started outlived it (as asgiref refuses)
+                raise RuntimeError("A database call after its frame ended; await it in there.")
+            if unit.thread is None and not self.free and len(self.threads) < self.size:
+                self.threads.append(_OrmThread(f"chanx-orm-{len(self.threads)}"))
+                self.free.append(self.threads[-1])
+            if unit.thread is None and self.free:
+                unit.thread, fn = self.free.pop(), functools.partial(_cleanly, fn)
+            if unit.thread is None:
+                self.waiting.append((unit, fn, future))
+            else:
+                unit.thread.calls.put((fn, future))
+        return future
+
+    def release(self, unit: _OrmUnit) -> None:
+        """``unit`` is done: its thread goes to the first unit waiting, else back."""
+        with self.lock:
+            unit._exited = True
+            for entry in [w for w in self.waiting if w[0] is unit]:  # cancelled while waiting
+                self.waiting.remove(entry)
+                entry[2].cancel()
+            thread, unit.thread = unit.thread, None
+            while thread is not None and self.waiting:
+                waiter, fn, future = self.waiting.popleft()
+                if waiter.thread is None:
+                    waiter.thread, fn, thread = thread, functools.partial(_cleanly, fn), None
+                waiter.thread.calls.put((fn, future))
+            if thread is not None:
+                self.free.append(thread)
 
 
-connection_created.connect(_watch_connection)
+_POOLS: dict[int, _OrmPool] = {}  # by size: a settings change never strands a unit
+
+
+def _orm_pool() -> _OrmPool | None:
+    """The pool ``ORM_THREADS`` asks for (None: Channels' shared thread)."""
+    size = chanx_settings.ORM_THREADS
+    if size is None:
+        return None
+    return _POOLS.get(size) or _POOLS.setdefault(size, _OrmPool(size))
+
+
+class _OrmUnit(Executor):
+    """One unit of work: asgiref's thread-sensitive context (and its executor) while
+    it lasts, so its calls go to the pool thread it takes at the first of them."""
+
+    _exited = False  # what asgiref asks of a thread-sensitive context
+    thread: _OrmThread | None = None
+
+    def __init__(self, pool: _OrmPool | None) -> None:
+        self.pool = pool
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        assert self.pool is not None
+        return self.pool.submit(self, functools.partial(fn, *args, **kwargs))
+
+    async def __aenter__(self) -> None:
+        if asyncio.get_running_loop() in AsyncToSync.loop_thread_executors:
+            self.pool = None  # sync code runs this loop (a TestCase): its thread, as asgiref does
+            return
+        if self.pool is None:
+            if _SharedThread.needs_cleanup():
+                await sync_to_async(_SharedThread.clean)()
+            return
+        unit: Any = self  # asgiref's types name its own context class
+        self.token = SyncToAsync.thread_sensitive_context.set(unit)
+        SyncToAsync.context_to_thread_executor[unit] = unit
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.pool is not None:
+            SyncToAsync.thread_sensitive_context.reset(self.token)
+            SyncToAsync.context_to_thread_executor.pop(self, None)
+            self.pool.release(self)
 
 
 def _close_old_connections() -> None:
-    """``close_old_connections()`` on this thread (the ORM's), sparing transactions."""
+    """``close_old_connections()`` on this thread, sparing transactions (in tests, the
+    ``TestCase``'s)."""
     from django.db import connections
 
-    initialized = connections.all(initialized_only=True)
-    if _OrmThread.ident != threading.get_ident():  # a new ORM thread: watch its connections
-        _OrmThread.ident = threading.get_ident()
-        _OrmThread.connections = tuple(initialized)
-    for conn in initialized:
+    for conn in connections.all(initialized_only=True):
         if not conn.in_atomic_block:
             conn.close_if_unusable_or_obsolete()
 
 
-def _db_needs_cleanup() -> bool:
-    if _OrmThread.ident is None:
-        return True  # not known yet: the first hop finds it
-    for conn in _OrmThread.connections:
-        if conn.connection is None or conn.in_atomic_block:
-            continue
-        if conn.errors_occurred or conn.autocommit != conn.settings_dict["AUTOCOMMIT"]:
-            return True
-        if conn.close_at is not None and time.monotonic() >= conn.close_at:
-            return True
-        conn.health_check_done = False  # what close_old_connections does to a healthy one
-    return False
+def _cleanly(fn: Callable[[], Any]) -> Any:
+    _close_old_connections()
+    return fn()
 
 
-async def _ensure_db_hygiene() -> None:
-    """Close stale DB connections before user code runs, hopping only if needed."""
-    if _db_needs_cleanup():
-        await sync_to_async(_close_old_connections)()
+def _close_orm_connections(close: Callable[[], Any] | None = None) -> None:
+    """Run ``close`` (default: ``connections.close_all``) on every ORM thread, the pools'
+    and the shared one, and wait: for tests, and before a database is dropped."""
+    from django.db import connections
+
+    futures = [SyncToAsync.single_thread_executor.submit(close or connections.close_all)]
+    for thread in (thread for pool in _POOLS.values() for thread in pool.threads):
+        futures.append(Future())
+        thread.calls.put((close or connections.close_all, futures[-1]))
+    for future in futures:
+        future.result()
+
+
+class _SharedThread:
+    """``ORM_THREADS=None``: asgiref's one thread and its connections (one wrapper per
+    database alias), watched from the event loop."""
+
+    ident: int | None = None
+    connections: tuple[Any, ...] = ()
+
+    @staticmethod
+    def clean() -> None:
+        from django.db import connections
+
+        if _SharedThread.ident != threading.get_ident():  # a new thread: watch its connections
+            _SharedThread.ident = threading.get_ident()
+            _SharedThread.connections = tuple(connections.all(initialized_only=True))
+        _close_old_connections()
+
+    @staticmethod
+    def needs_cleanup() -> bool:
+        if _SharedThread.ident is None:
+            return True  # not known yet: the first hop finds it
+        for conn in _SharedThread.connections:
+            if conn.connection is None or conn.in_atomic_block:
+                continue
+            if conn.errors_occurred or conn.autocommit != conn.settings_dict["AUTOCOMMIT"]:
+                return True
+            if conn.close_at is not None and time.monotonic() >= conn.close_at:
+                return True
+            conn.health_check_done = False  # what close_old_connections does to a healthy one
+        return False
+
+
+def _watch_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
+    known = _SharedThread.connections
+    if threading.get_ident() == _SharedThread.ident and connection not in known:
+        _SharedThread.connections = (*known, connection)  # a reconnection adds nothing
+
+
+connection_created.connect(_watch_connection)
 
 
 # Routing and discovery #######################################################
