@@ -79,7 +79,6 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer as _ChannelsJs
 from channels.layers import get_channel_layer
 from django.core import checks
 from django.core.signals import setting_changed
-from django.db.backends.signals import connection_created
 from django.urls import path, re_path
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
@@ -1688,60 +1687,62 @@ AsyncJsonWebsocketConsumer._chanx_meta = _ConsumerMeta({}, {}, (), (), ())
 # thread-sensitive call and keeps it until it ends, waiting (first come, first
 # served) while every thread is held; a unit that never calls the ORM takes none.
 # So a frame sees one connection per database, as a request does, and a process
-# opens at most ORM_THREADS connections per database.
+# opens at most ORM_THREADS connections per database. ORM_THREADS=None keeps
+# Channels' shared thread, call by call.
 #
 # Database hygiene costs no hop: close_old_connections(), sparing transactions,
-# runs on a thread when a unit takes it, before the unit's first call. Under
-# Django's default CONN_MAX_AGE=0 a unit that uses the database reconnects, as a
-# request does.
-#
-# ORM_THREADS=None keeps Channels' shared thread. Then chanx watches that thread's
-# connections from the event loop and hops there before a unit only when one is
-# obsolete (CONN_MAX_AGE), errored or out of autocommit: what
-# close_old_connections() acts on.
+# runs on the thread just before a unit's first call there. Under Django's
+# default CONN_MAX_AGE=0 a unit that uses the database reconnects, as a request
+# does; a connection that failed (a killed backend) is replaced.
 
 
 class _OrmThread:
-    """A thread of the pool: it runs what the unit holding it submits, in order."""
+    """A thread of the pool: runs, in order, the calls of the unit holding it."""
 
     def __init__(self, name: str) -> None:
-        self.calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None]
+        self.calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]
         self.calls = queue.SimpleQueue()
         threading.Thread(target=self._serve, name=name, daemon=True).start()
 
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        self.calls.put((fn, future := Future[Any]()))
+        return future
+
     def _serve(self) -> None:
-        while (call := self.calls.get()) is not None:
-            fn, future = call
+        while True:
+            fn, future = self.calls.get()
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(fn())
-                except BaseException as exc:  # handed to the awaiting coroutine
+                except BaseException as exc:  # raised in the awaiting coroutine
                     future.set_exception(exc)
 
 
 class _OrmPool:
-    """``ORM_THREADS`` threads (started as needed) and the units waiting for one."""
+    """``ORM_THREADS`` threads (started as needed) and the units waiting for one; with
+    ``None``, every unit shares asgiref's one thread."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int | None) -> None:
         self.size, self.threads, self.free = size, list[_OrmThread](), list[_OrmThread]()
         self.waiting: deque[tuple[_OrmUnit, Callable[[], Any], Future[Any]]] = deque()
         self.lock = threading.Lock()
 
     def submit(self, unit: _OrmUnit, fn: Callable[[], Any]) -> Future[Any]:
-        future: Future[Any] = Future()
         with self.lock:
-            if unit._exited:  # a task the unit started outlived it (as asgiref refuses)
+            if unit._exited:  # a task the unit started outlived it (asgiref refuses it too)
                 raise RuntimeError("A database call after its frame ended; await it in there.")
-            if unit.thread is None and not self.free and len(self.threads) < self.size:
-                self.threads.append(_OrmThread(f"chanx-orm-{len(self.threads)}"))
-                self.free.append(self.threads[-1])
-            if unit.thread is None and self.free:
-                unit.thread, fn = self.free.pop(), functools.partial(_cleanly, fn)
             if unit.thread is None:
-                self.waiting.append((unit, fn, future))
-            else:
-                unit.thread.calls.put((fn, future))
-        return future
+                if self.size is None:
+                    unit.thread = SyncToAsync.single_thread_executor
+                elif self.free or len(self.threads) < self.size:
+                    if not self.free:
+                        self.threads.append(_OrmThread(f"chanx-orm-{len(self.threads)}"))
+                    unit.thread = self.free.pop() if self.free else self.threads[-1]
+                else:
+                    self.waiting.append((unit, fn, future := Future[Any]()))
+                    return future
+                fn = functools.partial(_cleanly, fn)
+            return unit.thread.submit(fn)  # type: ignore[no-any-return]
 
     def release(self, unit: _OrmUnit) -> None:
         """``unit`` is done: its thread goes to the first unit waiting, else back."""
@@ -1751,6 +1752,8 @@ class _OrmPool:
                 self.waiting.remove(entry)
                 entry[2].cancel()
             thread, unit.thread = unit.thread, None
+            if self.size is None:
+                return
             while thread is not None and self.waiting:
                 waiter, fn, future = self.waiting.popleft()
                 if waiter.thread is None:
@@ -1760,23 +1763,20 @@ class _OrmPool:
                 self.free.append(thread)
 
 
-_POOLS: dict[int, _OrmPool] = {}  # by size: a settings change never strands a unit
+_POOLS: dict[int | None, _OrmPool] = {}  # by size: a settings change strands no unit
 
 
-def _orm_pool() -> _OrmPool | None:
-    """The pool ``ORM_THREADS`` asks for (None: Channels' shared thread)."""
+def _orm_pool() -> _OrmPool:
     size = chanx_settings.ORM_THREADS
-    if size is None:
-        return None
     return _POOLS.get(size) or _POOLS.setdefault(size, _OrmPool(size))
 
 
 class _OrmUnit(Executor):
-    """One unit of work: asgiref's thread-sensitive context (and its executor) while
-    it lasts, so its calls go to the pool thread it takes at the first of them."""
+    """One unit of work: asgiref's thread-sensitive context (and executor) while it
+    lasts, so that its calls go to the thread it takes at the first of them."""
 
     _exited = False  # what asgiref asks of a thread-sensitive context
-    thread: _OrmThread | None = None
+    thread: Any = None
 
     def __init__(self, pool: _OrmPool | None) -> None:
         self.pool = pool
@@ -1789,18 +1789,15 @@ class _OrmUnit(Executor):
         if asyncio.get_running_loop() in AsyncToSync.loop_thread_executors:
             self.pool = None  # sync code runs this loop (a TestCase): its thread, as asgiref does
             return
-        if self.pool is None:
-            if _SharedThread.needs_cleanup():
-                await sync_to_async(_SharedThread.clean)()
-            return
         unit: Any = self  # asgiref's types name its own context class
         self.token = SyncToAsync.thread_sensitive_context.set(unit)
         SyncToAsync.context_to_thread_executor[unit] = unit
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self.pool is not None:
+            unit: Any = self
             SyncToAsync.thread_sensitive_context.reset(self.token)
-            SyncToAsync.context_to_thread_executor.pop(self, None)
+            SyncToAsync.context_to_thread_executor.pop(unit, None)
             self.pool.release(self)
 
 
@@ -1824,52 +1821,10 @@ def _close_orm_connections(close: Callable[[], Any] | None = None) -> None:
     and the shared one, and wait: for tests, and before a database is dropped."""
     from django.db import connections
 
-    futures = [SyncToAsync.single_thread_executor.submit(close or connections.close_all)]
-    for thread in (thread for pool in _POOLS.values() for thread in pool.threads):
-        futures.append(Future())
-        thread.calls.put((close or connections.close_all, futures[-1]))
-    for future in futures:
+    threads: list[Any] = [t for pool in _POOLS.values() for t in pool.threads]
+    threads.append(SyncToAsync.single_thread_executor)
+    for future in [thread.submit(close or connections.close_all) for thread in threads]:
         future.result()
-
-
-class _SharedThread:
-    """``ORM_THREADS=None``: asgiref's one thread and its connections (one wrapper per
-    database alias), watched from the event loop."""
-
-    ident: int | None = None
-    connections: tuple[Any, ...] = ()
-
-    @staticmethod
-    def clean() -> None:
-        from django.db import connections
-
-        if _SharedThread.ident != threading.get_ident():  # a new thread: watch its connections
-            _SharedThread.ident = threading.get_ident()
-            _SharedThread.connections = tuple(connections.all(initialized_only=True))
-        _close_old_connections()
-
-    @staticmethod
-    def needs_cleanup() -> bool:
-        if _SharedThread.ident is None:
-            return True  # not known yet: the first hop finds it
-        for conn in _SharedThread.connections:
-            if conn.connection is None or conn.in_atomic_block:
-                continue
-            if conn.errors_occurred or conn.autocommit != conn.settings_dict["AUTOCOMMIT"]:
-                return True
-            if conn.close_at is not None and time.monotonic() >= conn.close_at:
-                return True
-            conn.health_check_done = False  # what close_old_connections does to a healthy one
-        return False
-
-
-def _watch_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
-    known = _SharedThread.connections
-    if threading.get_ident() == _SharedThread.ident and connection not in known:
-        _SharedThread.connections = (*known, connection)  # a reconnection adds nothing
-
-
-connection_created.connect(_watch_connection)
 
 
 # Routing and discovery #######################################################
