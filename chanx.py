@@ -466,42 +466,54 @@ class _Wire:
             data = {("action" if k == self.key else k): v for k, v in data.items() if k != "action"}
         return _convert_keys(data, _to_snake) if self.camelize else data
 
+    def text(self, canonical: str) -> str:
+        """A frame's JSON text, as the Python side names it, as this client sees it."""
+        return canonical if self.plain else _dumps(self.out(json.loads(canonical)))
+
     def dump(self, message: BaseModel, exclude: set[str] | None = None) -> str:
-        """A message as a text frame."""
-        if self.plain:
-            return message.model_dump_json(exclude=exclude)
-        return json.dumps(self.out(message.model_dump(mode="json", exclude=exclude)))
+        """A message as a text frame: strict JSON (pydantic writes inf and nan as null)."""
+        return self.text(message.model_dump_json(exclude=exclude))
 
     def load(self, text: str, adapter: TypeAdapter[Any]) -> Any:
-        """Validate a text frame (``ValidationError`` if bad). Its ``ref`` is set on
-        ``_FRAME_REF`` first: everything the frame causes carries it, errors included."""
+        """Validate a text frame, always from JSON text, whatever the wire (strict models
+        then judge a frame alike): ``ValidationError`` if bad, ``ChanxError`` for a bad
+        ``ref``. A ``ref`` is set on ``_FRAME_REF``: what the frame causes carries it."""
         if self.plain and '"ref"' not in text:
             return adapter.validate_json(text)  # straight from the text: the fast path
         data = _any_json().validate_json(text)
         if not isinstance(data, dict):
             return adapter.validate_json(text)  # the very same error as the fast path
-        ref = data.pop("ref", None)
-        if isinstance(ref, (str, int)) and not isinstance(ref, bool):
+        if (ref := data.pop("ref", None)) is not None:
+            small = abs(ref) <= 2**53 if type(ref) is int else type(ref) is str and len(ref) <= 128
+            if not small:
+                raise ChanxError(_REF_ERROR)
             _FRAME_REF.set(ref)
-        return adapter.validate_python(self.into(data))
+        return adapter.validate_json(json.dumps(self.into(data)))
 
-    def errors(self, error: ValidationError, tags: Sequence[str] = ()) -> list[dict[str, Any]]:
-        """Pydantic's errors in wire names, bounded, with no input echoed: the text of an
-        unknown tag repeats the client's value, a ``loc`` may hold its keys."""
+    def errors(
+        self, error: ValidationError, tags: Sequence[str] = (), names: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Pydantic's errors in wire names, bounded, with nothing the client wrote: a
+        ``loc`` keeps the models' own ``names`` (other keys are the client's), a message
+        loses the parser's account of the input and any value filled into it."""
         cleaned = []
         for item in error.errors(include_input=False, include_url=False)[:20]:
-            kind, msg = item["type"], item["msg"]
+            kind, msg, ctx = item["type"], item["msg"], item.get("ctx", {})
+            template = _error_templates().get(kind)
             if kind == "union_tag_invalid":
-                expected = item.get("ctx", {}).get("expected_tags", "")
-                msg = f"Unknown action; expected one of: {expected}"
+                msg = f"Unknown action; expected one of: {ctx.get('expected_tags', '')}"
             elif kind == "union_tag_not_found":
                 msg = f"Missing {self.key!r} field"
+            elif template is None:  # a custom error type: its values may be the input
+                for value in ctx.values():
+                    msg = msg.replace(str(value), "...") if isinstance(value, str) else msg
+            elif "{error}" in template and kind not in _OWN_WORDS:
+                msg = template.partition("{error}")[0].rstrip(" ,:")
             loc: list[Any] = list(item["loc"][:10])
             start = 1 if loc and loc[0] in tags else 0  # a union's tag leads the loc
             for i, part in enumerate(loc[start:], start):
                 if isinstance(part, str):
-                    part = self.name(part, top=i == start)
-                    loc[i] = part if _FIELD_NAME.fullmatch(part) else "<key>"
+                    loc[i] = self.name(part, top=i == start) if part in names else "<key>"
             cleaned.append({"type": kind, "loc": loc, "msg": msg})
         return cleaned
 
@@ -517,7 +529,37 @@ class _Wire:
         return {**wire, "required": required} if required else wire
 
 
-_FIELD_NAME = re.compile(r"[A-Za-z_][\w-]{0,63}")
+_dumps = functools.partial(json.dumps, allow_nan=False)  # strict JSON, as browsers parse it
+_REF_ERROR = (
+    "ref must be a string of at most 128 characters or an integer between -2**53 and 2**53."
+)
+
+
+#: Errors whose text is the developer's (a validator's) or the JSON parser's own.
+_OWN_WORDS = ("value_error", "assertion_error", "json_invalid")
+
+
+@functools.cache
+def _error_templates() -> dict[str, str]:
+    """pydantic-core's message template of each of its error types."""
+    from pydantic_core._pydantic_core import list_all_errors
+
+    return {e["type"]: e["message_template_python"] for e in list_all_errors()}
+
+
+def _schema_names(schema: Any) -> frozenset[str]:
+    """Every property name and title in a JSON schema: the names a model defines."""
+    found, stack = set[str](), [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            found.update(node.get("properties") or (), [node.get("title") or ""])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(found)
+
+
 #: The ``ref`` of the client frame being handled (per task: the frame worker's).
 _FRAME_REF: contextvars.ContextVar[Ref] = contextvars.ContextVar("chanx_ref", default=None)
 
@@ -748,6 +790,8 @@ class ChanxWebsocketAuthenticator(_AuthOptions):
             unauthenticated = (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)
             status = 401 if isinstance(exc, unauthenticated) else response.status_code
             data = response.data if isinstance(response.data, dict) else {"detail": response.data}
+            if isinstance(exc, exceptions.NotAuthenticated) and "authorization" in request.headers:
+                data = {**data, "hint": 'Not accepted; DRF tokens are "Token <key>".'}
             text = http.HTTPStatus(status).phrase
             return AuthenticationResult(False, status, text, _plain(data))
         self.user, self.obj = request.user, obj
@@ -810,8 +854,9 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
     authenticator: Any = None
 
     _chanx_meta: ClassVar[_ConsumerMeta]
-    _chanx_authenticator: ClassVar[type[ChanxWebsocketAuthenticator] | None] = None
-    _chanx_config: ClassVar[tuple[int, _Config] | None] = None
+    # Built from the class's current attributes, and again when they change.
+    _chanx_authenticator: ClassVar[tuple[Any, type[ChanxWebsocketAuthenticator]] | None] = None
+    _chanx_config: ClassVar[tuple[Any, _Config] | None] = None
     # Per connection, set when they first change.
     _cfg: _Config
     _conn_id = ""
@@ -824,7 +869,7 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
     _frames: _Frames | None = None  # made on the first frame
     _worker: asyncio.Task[None] | None = None
     _layer_reader: asyncio.Task[None] | None = None
-    _relayed: deque[str] | None = None  # ids of multi-group messages
+    _relayed: deque[str] | None = None  # ids of multi-group messages and events
     _frame_seq = 0
     _tokens = _last_refill = 0.0
 
@@ -915,9 +960,13 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             logger.info("Websocket connected", extra=_log_context(self))
 
     def _server_error(self, exc: Exception) -> AuthenticationResult:
-        logger.exception("Websocket authentication failed", extra=_log_context(self))
+        from django.conf import settings
+
+        config = isinstance(exc, ChanxConfigError)
+        message = "Websocket configuration error" if config else "Websocket authentication failed"
+        logger.exception(message, extra=_log_context(self))
         detail = "Authentication failed because of a server error."
-        if isinstance(exc, ChanxConfigError):  # a developer's message, no client input
+        if config and settings.DEBUG:  # details as Django shows them: with DEBUG only
             detail = f"Server configuration error: {exc}"
         return AuthenticationResult(False, 500, "Internal Server Error", {"detail": detail})
 
@@ -956,16 +1005,18 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
         it drops them)."""
         while frames.items:
             item = frames.items.popleft()
+            refusals = item.counts.items() if isinstance(item, _Refused) else [(None, 1)]
             try:
-                for _ in range(1 if isinstance(item, str) else item.count):
-                    if _FRAME_REF.get() is not None:  # the previous frame's
-                        _FRAME_REF.set(None)
-                    if isinstance(item, _Refused):
-                        await self.on_bad_frame(item.detail)
-                    elif not self._closed:
-                        await self._dispatch_text(item)
-                    if self._cfg.send_completion:
-                        await self._send_complete(ACTION_COMPLETE)
+                for detail, count in refusals:
+                    for _ in range(count):
+                        if _FRAME_REF.get() is not None:  # the previous frame's
+                            _FRAME_REF.set(None)
+                        if detail is not None:
+                            await self.on_bad_frame(detail)
+                        elif not self._closed:
+                            await self._dispatch_text(item)  # type: ignore[arg-type]
+                        if self._cfg.send_completion:
+                            await self._send_complete(ACTION_COMPLETE)
             except StopConsumer:
                 await self.close()
             except Exception:
@@ -983,6 +1034,9 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             message = cfg.wire.load(text, cfg.incoming)
         except ValidationError as exc:
             await self.on_validation_error(exc)
+            return
+        except ChanxError as exc:  # a bad ref
+            await self.on_bad_frame(str(exc))
             return
         self._frame_seq += 1
         if cfg.logs(cfg.log_received_message, message.action):
@@ -1066,13 +1120,13 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
     @classmethod
     def get_authenticator_class(cls) -> type[ChanxWebsocketAuthenticator]:
         """``authenticator_class`` with the consumer's own auth attributes applied."""
-        if cls._chanx_authenticator is None:
-            options = ChanxWebsocketAuthenticator.OPTIONS
-            own = {n: getattr(cls, n) for n in options if getattr(cls, n, None) is not None}
-            base = cls.authenticator_class
-            name = f"{cls.__name__}Authenticator"  # errors then name the consumer
-            cls._chanx_authenticator = type(name, (base,), own) if own else base
-        return cls._chanx_authenticator
+        options = ChanxWebsocketAuthenticator.OPTIONS
+        own = {n: getattr(cls, n) for n in options if getattr(cls, n, None) is not None}
+        key = (cls.authenticator_class, *((n, id(v)) for n, v in own.items()))
+        if cls._chanx_authenticator is None or cls._chanx_authenticator[0] != key:
+            base, name = cls.authenticator_class, f"{cls.__name__}Authenticator"  # in errors
+            cls._chanx_authenticator = (key, type(name, (base,), own) if own else base)
+        return cls._chanx_authenticator[1]
 
     async def build_groups(self) -> Iterable[str]:
         """Groups to join once authenticated, besides ``groups`` (a string is one group)."""
@@ -1104,7 +1158,7 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
     async def on_validation_error(self, error: ValidationError) -> None:
         """A frame is not JSON or not a valid message: sends pydantic's errors (chanx
         2.x's ``handle_validation_error`` is called instead when a class has one)."""
-        payload = self._cfg.wire.errors(error, self._cfg.tags)
+        payload = self._cfg.wire.errors(error, self._cfg.tags, self._chanx_meta.names)
         await self.send_message(ErrorMessage(payload=payload))
 
     async def on_bad_frame(self, detail: str) -> None:
@@ -1127,7 +1181,7 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
     async def send_json(self, content: Any, close: bool = False) -> None:
         """Send any JSON-serialisable content (keys translated like messages)."""
         action = content.get("action") if isinstance(content, dict) else None
-        await self._send_text(json.dumps(self._cfg.wire.out(content)), action)
+        await self._send_text(_dumps(self._cfg.wire.out(content)), action)
         if close:
             await self.close()
 
@@ -1163,14 +1217,14 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
                 f"{type(message).__name__} is not in {type(self).__name__}.OUTGOING_GROUP_"
                 f"MESSAGE_SCHEMA ({', '.join(m.__name__ for m in allowed)})."
             )
-        text = self._cfg.wire.dump(message, exclude={"is_mine", "is_current"})
+        text = message.model_dump_json(exclude={"is_mine", "is_current"})  # each receiver's wire
         await self._publish(text, message.action, groups, exclude_current)
 
     async def send_to_groups(
         self, content: dict[str, Any], groups: Groups = None, *, exclude_current: bool = True
     ) -> None:
         """Send a JSON object to groups, relayed like ``send_group_message``."""
-        text = json.dumps(self._cfg.wire.out(content))
+        text = _dumps(content)
         await self._publish(text, content.get("action"), groups, exclude_current)
 
     async def broadcast_message(
@@ -1219,6 +1273,11 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            if "id" in message:  # sent to several groups: handled once
+                self._relayed = self._relayed or deque(maxlen=256)
+                if message["id"] in self._relayed:
+                    continue
+                self._relayed.append(message["id"])
             self._layer_busy = True  # a disconnect lets the handler finish (DRAIN_TIMEOUT)
             try:
                 if message.get("type") == _GROUP_TYPE:
@@ -1241,15 +1300,10 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
         is_current = message["from_channel"] == self.channel_name
         if is_current and message["exclude_current"]:
             return
-        if "id" in message:
-            self._relayed = self._relayed or deque(maxlen=256)
-            if message["id"] in self._relayed:
-                return
-            self._relayed.append(message["id"])
-        sender, name = message["from_user"], self._cfg.wire.name
+        sender, wire = message["from_user"], self._cfg.wire
         mine = sender is not None and sender == self._user_key
-        flags = {name("is_mine"): mine, name("is_current"): is_current}
-        await self._send_text(_json_with(message["text"], flags), message["action"])
+        flags = {wire.name("is_mine"): mine, wire.name("is_current"): is_current}
+        await self._send_text(_json_with(wire.text(message["text"]), flags), message["action"])
         if self._cfg.send_completion:
             await self._send_complete(GROUP_ACTION_COMPLETE)
 
@@ -1274,7 +1328,10 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
         if adapter is None:
             logger.warning("%s accepts no events", type(self).__name__, extra=_log_context(self))
             return
-        event = adapter.validate_python(message["event"])
+        data = message["event"]  # JSON text (a dict from chanx before 3.2, in a rolling deploy)
+        event = (
+            adapter.validate_json(data) if isinstance(data, str) else adapter.validate_python(data)
+        )
         try:
             await self._run(self._chanx_meta.event_handlers, event, self.receive_event)
         except StopConsumer:
@@ -1296,11 +1353,11 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
                 f"it accepts: {accepted}."
             )
         try:
-            data = event.model_dump(mode="json")  # UUID, datetime, Decimal survive msgpack
-            adapter.validate_python(data)
+            text = event.model_dump_json()  # any layer carries text; read as a frame is
+            adapter.validate_json(text)
         except (ValidationError, PydanticSerializationError) as exc:
             raise InvalidEventError(f"Invalid {type(event).__name__}: {exc}") from exc
-        return {"type": _EVENT_TYPE, "event": data}
+        return {"type": _EVENT_TYPE, "event": text}
 
     @classmethod
     def _layer(cls) -> Any:
@@ -1315,6 +1372,8 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
         ``groups``), from anywhere async."""
         message = cls._event_message(event)
         targets = _group_list(getattr(cls, "groups", None) or () if groups is None else groups)
+        if len(targets) > 1:  # a member of several of them gets it once
+            message["id"] = uuid.uuid4().hex
         if not _captured(cls, event, targets, None):
             for group in targets:
                 await cls._layer().group_send(group, message)
@@ -1362,10 +1421,11 @@ def _group_list(groups: str | Iterable[str]) -> list[str]:
 
 @dataclasses.dataclass
 class _Refused:
-    """Frames refused in a row for one reason: answered, in order, by the worker."""
+    """Frames refused in a row, counted by reason (a handful): the worker answers each,
+    between the frames before and after them, so a queue holds at most one of these
+    per waiting text and refusals cost no memory per frame."""
 
-    detail: str
-    count: int = 1
+    counts: dict[str, int]
 
 
 class _Frames:
@@ -1385,11 +1445,9 @@ class _Frames:
         self.texts += 1
 
     def refuse(self, detail: str) -> None:
-        last = self.items[-1] if self.items else None
-        if isinstance(last, _Refused) and last.detail == detail:
-            last.count += 1
-        else:
-            self.items.append(_Refused(detail))
+        if not self.items or not isinstance(last := self.items[-1], _Refused):
+            self.items.append(last := _Refused({}))
+        last.counts[detail] = last.counts.get(detail, 0) + 1
 
     def done(self) -> None:
         self.texts -= 1
@@ -1421,8 +1479,8 @@ _FLAGS = {
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
-    """A consumer class's flags, limits and wire, shared by its connections (an
-    instance that sets a flag itself gets its own); rebuilt when settings change."""
+    """A consumer class's flags, limits and wire, shared by its connections; built
+    again when settings or a flag (of the class or an instance) change."""
 
     send_completion: bool
     send_message_immediately: bool
@@ -1446,11 +1504,10 @@ class _Config:
         """The config of a consumer instance, or of a class (for the docs)."""
         klass: type[AsyncJsonWebsocketConsumer[Any]]
         klass = consumer if isinstance(consumer, type) else type(consumer)
-        own = consumer is not klass and not consumer.__dict__.keys().isdisjoint(_FLAGS)
-        cached = klass._chanx_config
-        if not own and cached is not None and cached[0] == chanx_settings.version:
-            return cached[1]
         flags = {name: getattr(consumer, name) for name in _FLAGS}
+        key = (chanx_settings.version, *map(id, flags.values()))  # flags set since count
+        if (cached := klass._chanx_config) is not None and cached[0] == key:
+            return cached[1]
         flags = {
             k: getattr(chanx_settings, _FLAGS[k]) if v is None else v for k, v in flags.items()
         }
@@ -1473,8 +1530,7 @@ class _Config:
                 m.model_construct().action: wire.dump(m.model_construct()) for m in _COMPLETIONS
             },
         )
-        if not own:
-            klass._chanx_config = (chanx_settings.version, config)
+        klass._chanx_config = (key, config)
         return config
 
     def logs(self, flag: bool, action: str) -> bool:
@@ -1616,6 +1672,15 @@ class _ConsumerMeta:
     events: tuple[type[BaseModel], ...]
     outgoing: tuple[type[BaseModel], ...]  # what handlers return, besides chanx's own frames
     adapters: dict[str, TypeAdapter[Any] | None] = dataclasses.field(default_factory=dict)
+
+    @functools.cached_property
+    def names(self) -> frozenset[str]:
+        """The names the accepted messages define: what an error's ``loc`` may show."""
+        adapter = self.adapter("incoming")
+        try:
+            return _schema_names(adapter.json_schema()) if adapter else frozenset()
+        except Exception:  # a type without a JSON schema: every key is hidden
+            return frozenset()
 
     def adapter(self, which: Literal["incoming", "events"]) -> TypeAdapter[Any] | None:
         """The cached adapter over the accepted messages or events (built on first use)."""
@@ -1969,8 +2034,9 @@ def discover_routes(application: Any = None) -> list[RouteInfo]:
 
 @checks.register("chanx", checks.Tags.security)
 def _check_origin(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """``manage.py check``: session cookies over a websocket need an Origin check."""
-    from channels.routing import ProtocolTypeRouter, URLRouter
+    """``manage.py check``: consumers that join groups need a channel layer (E002), and
+    session cookies over a websocket need an Origin check (W001) that is not "*" (W002)."""
+    from channels.routing import ProtocolTypeRouter
     from channels.security.websocket import OriginValidator
     from django.conf import settings
 
@@ -1978,24 +2044,47 @@ def _check_origin(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
         return []
     try:
         app = _default_application()
+        routes = discover_routes(app)
     except ChanxConfigError:
         return []  # Channels reports an ASGI_APPLICATION it cannot import
-    if isinstance(app, ProtocolTypeRouter):
-        app = app.application_mapping.get("websocket")
-    while app is not None and not isinstance(app, (OriginValidator, URLRouter)):
-        app = _inner_application(app)
-    if app is None or isinstance(app, OriginValidator):
-        return []
-    return [
-        checks.Warning(
-            "The websocket application of ASGI_APPLICATION is not wrapped in an origin "
-            "check: any web page can open a websocket with your users' session cookies "
-            "(cross-site websocket hijacking).",
-            hint="Wrap it: AllowedHostsOriginValidator(AuthMiddlewareStack(router)). If "
-            "another guard checks the Origin header, silence chanx.W001.",
-            id="chanx.W001",
+    found: list[checks.CheckMessage] = [
+        checks.Error(
+            f"{route.consumer.__qualname__} joins groups but no channel layer is configured.",
+            hint="Set CHANNEL_LAYERS in settings (channels_redis, or the in-memory layer).",
+            id="chanx.E002",
         )
+        for route in routes
+        if issubclass(route.consumer, AsyncJsonWebsocketConsumer)
+        and not getattr(settings, "CHANNEL_LAYERS", None)
+        if getattr(route.consumer, "groups", None)
+        or route.consumer.build_groups is not AsyncJsonWebsocketConsumer.build_groups
     ]
+    if isinstance(app, ProtocolTypeRouter) and "websocket" not in app.application_mapping:
+        return found
+    while app is not None and not isinstance(app, OriginValidator):
+        mapping = getattr(app, "application_mapping", None)
+        app = mapping.get("websocket") if isinstance(mapping, dict) else _inner_application(app)
+    if app is None:
+        found.append(
+            checks.Warning(
+                "No origin check found around the websocket application of "
+                "ASGI_APPLICATION: any web page can open a websocket with your users' "
+                "session cookies (cross-site websocket hijacking).",
+                hint="Wrap it: AllowedHostsOriginValidator(AuthMiddlewareStack(router)). If "
+                "another guard checks the Origin header, silence chanx.W001.",
+                id="chanx.W001",
+            )
+        )
+    elif "*" in app.allowed_origins:
+        found.append(
+            checks.Warning(
+                "The websocket origin check accepts any origin (ALLOWED_HOSTS has '*'), "
+                "so it stops no cross-site websocket hijacking.",
+                hint="List your hosts in ALLOWED_HOSTS (or the OriginValidator).",
+                id="chanx.W002",
+            )
+        )
+    return found
 
 
 # AsyncAPI ####################################################################
@@ -2264,7 +2353,8 @@ function log(kind, text) {
   if (frame !== null) body = JSON.stringify(frame, null, 2);
   const action = frame && typeof frame === "object" && Object.values(frame)[0];
   if (typeof action === "string") meta.append(el("span", "action", action));
-  if (kind === "received" && action === "error") entry.classList.add("err");
+  const status = frame && frame.payload && (frame.payload.status_code || frame.payload.statusCode);
+  if (kind === "received" && (action === "error" || status >= 400)) entry.classList.add("err");
   entry.append(meta, el("pre", "", body));
   $("log").append(entry);
   $("log").scrollTop = $("log").scrollHeight;
@@ -2387,8 +2477,12 @@ def _playground_endpoint(
             or (access == "debug_or_staff" and settings.DEBUG)
         ):
             raise Http404("Not found")
+        from django.core.exceptions import SuspiciousOperation
+
         try:
             return view(request)
+        except SuspiciousOperation:  # a bad Host: Django's 400, logged to django.security
+            raise
         except ChanxConfigError as exc:
             logger.exception("Playground endpoint failed")
             return JsonResponse({"detail": str(exc)}, status=500)
@@ -2573,7 +2667,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
         while (output := await self._next(max(deadline - time.monotonic(), 0))) is not None:
             frame = None
             if output["type"] == "websocket.send":
-                frame = json.loads(output.get("text") or output.get("bytes") or "null")
+                frame = _strict_json(output.get("text") or output.get("bytes") or "null")
                 frames.append(frame)
                 self.received.append(frame)
             if done(output, frame):
@@ -2656,7 +2750,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
         while (output := await self._next(timeout)) is not None and output[
             "type"
         ] == "websocket.send":
-            frames.append(json.loads(output.get("text") or "null"))
+            frames.append(_strict_json(output.get("text") or "null"))
         if output is not None:
             self._ahead.appendleft(output)
         self.received.extend(frames)
@@ -2735,6 +2829,15 @@ class WebsocketCommunicator(ApplicationCommunicator):
             if not self.future.done():
                 self.future.cancel()
                 await asyncio.wait({self.future})
+
+
+def _strict_json(text: str | bytes) -> Any:
+    """A frame as a browser's ``JSON.parse`` reads it: ``NaN`` or ``Infinity`` fail."""
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"Not JSON: the frame has {constant}: {text!r}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 _COMPLETION_ACTIONS = frozenset((ACTION_COMPLETE, GROUP_ACTION_COMPLETE, EVENT_ACTION_COMPLETE))
@@ -2913,9 +3016,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("routes", parents=[common], help="list the websocket endpoints")
     document = commands.add_parser("asyncapi", parents=[common], help="print the AsyncAPI document")
     document.add_argument(
-        "--format", choices=("json", "yaml"), default="json", help="JSON is YAML 1.2"
-    )
-    document.add_argument("--base-url", help="where clients connect (default: ws://localhost:8000)")
+        "--format", choices=("json", "yaml"), default="json",
+        help="json (default) or yaml: both print JSON, which is valid YAML 1.2",
+    )  # fmt: skip
+    document.add_argument(
+        "--base-url", help="where clients connect (default ws://localhost:8000; the AsyncAPI "
+        "view uses the host of its request)",
+    )  # fmt: skip
     for option in ("--file", "--title", "--api-version", "--description"):
         document.add_argument(option)
     args = parser.parse_args(argv)
