@@ -16,7 +16,7 @@ Routing and discovery, AsyncAPI, Playground, Testing, Command line.
 
 from __future__ import annotations
 
-__version__ = "3.1.0"
+__version__ = "3.2.0"
 __license__ = "MIT"
 
 # fmt: off

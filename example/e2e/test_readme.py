@@ -186,7 +186,7 @@ BLOCKS: dict[tuple[str, str], str] = {
     ("The two commands", "python3 dev.py example"): (
         "not here: `dev.py test` is what .ci/run runs; `dev.py example` starts runserver"
     ),
-    (QUICK_START, 'pip install "git+<URL of this repository>"'): (
+    (QUICK_START, "pip install ."): (
         "checked: the case installs chanx (a built wheel, or the copied file); "
         "the other packages must import in the venv"
     ),
