@@ -50,6 +50,7 @@ TEST = [
     "pytest-randomly>=3.15",  # random order; the header gives the seed; -p no:randomly: file order
     "hypothesis>=6.100",
     "websockets>=13",
+    "wsproto>=1.2",  # uvicorn --ws wsproto in example/e2e/test_drain.py
     "jsonschema>=4.22",
     "playwright>=1.45",
     "psutil>=5.9",

@@ -460,16 +460,21 @@ class PostgresServer:
 
 
 class ExampleServer:
-    """``uvicorn config.asgi:application`` of the example, on a port it picks itself.
+    """``uvicorn config.asgi:application`` (or ``app``) of the example, on a port it picks itself.
 
     On SIGTERM uvicorn waits for open connections' tasks, at most
     ``graceful_timeout`` seconds, before it cancels them and exits.
     """
 
     def __init__(
-        self, env: Mapping[str, str], *uvicorn_args: str, graceful_timeout: int = 5
+        self,
+        env: Mapping[str, str],
+        *uvicorn_args: str,
+        graceful_timeout: int = 5,
+        app: str = "config.asgi:application",
     ) -> None:
         self.env = dict(env)
+        self.app = app
         self.uvicorn_args = ("--timeout-graceful-shutdown", str(graceful_timeout), *uvicorn_args)
         self.process: subprocess.Popen[str] | None = None
         self.output: OutputCapture | None = None
@@ -497,7 +502,7 @@ class ExampleServer:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "config.asgi:application",
+                self.app,
                 "--host",
                 "127.0.0.1",
                 "--port",
