@@ -470,7 +470,7 @@ class ExampleServer:
         self,
         env: Mapping[str, str],
         *uvicorn_args: str,
-        graceful_timeout: int = 5,
+        graceful_timeout: int = 10,  # above DRAIN_TIMEOUT (5 s), or uvicorn cuts the drain
         app: str = "config.asgi:application",
     ) -> None:
         self.env = dict(env)
