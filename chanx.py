@@ -72,6 +72,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union
 
+import channels.db
 from asgiref.sync import AsyncToSync, SyncToAsync, async_to_sync, sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from channels.exceptions import StopConsumer
@@ -79,6 +80,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer as _ChannelsJs
 from channels.layers import get_channel_layer
 from django.core import checks
 from django.core.signals import setting_changed
+from django.db import close_old_connections as _django_close_old_connections
 from django.urls import path, re_path
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
@@ -1774,6 +1776,7 @@ class _OrmThread:
         return future
 
     def _serve(self) -> None:
+        _POOL_THREAD.serving = True
         while True:
             fn, future = self.calls.get()
             if future.set_running_or_notify_cancel():
@@ -1879,6 +1882,20 @@ def _close_old_connections() -> None:
 def _cleanly(fn: Callable[[], Any]) -> Any:
     _close_old_connections()
     return fn()
+
+
+_POOL_THREAD = threading.local()
+
+
+def _channels_cleanup() -> None:
+    """Channels' ``database_sync_to_async`` closes stale connections around each call
+    (at ``CONN_MAX_AGE=0``, a reconnect per call); on a pool thread that was done when
+    the unit took it: once per unit, as Django does once per request."""
+    if not getattr(_POOL_THREAD, "serving", False):
+        _django_close_old_connections()
+
+
+channels.db.close_old_connections = _channels_cleanup
 
 
 def _close_orm_connections(close: Callable[[], Any] | None = None) -> None:
