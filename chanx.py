@@ -83,7 +83,7 @@ from django.core.signals import setting_changed
 from django.db import close_old_connections as _django_close_old_connections
 from django.urls import path, re_path
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic_core import PydanticSerializationError, to_json
 from typing_extensions import TypeVar as TypeVar_
 
 if typing.TYPE_CHECKING:
@@ -531,7 +531,11 @@ class _Wire:
         return {**wire, "required": required} if required else wire
 
 
-_dumps = functools.partial(json.dumps, allow_nan=False)  # strict JSON, as browsers parse it
+def _dumps(value: Any) -> str:
+    """Strict JSON, as browsers parse it: inf and nan are null, as pydantic writes them."""
+    return to_json(value, inf_nan_mode="null").decode()
+
+
 _REF_ERROR = (
     "ref must be a string of at most 128 characters or an integer between -2**53 and 2**53."
 )
