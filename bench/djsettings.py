@@ -43,6 +43,9 @@ if _DB_URL:
             "PASSWORD": _u.password or "",
             "HOST": _u.hostname or "",
             "PORT": str(_u.port or ""),
+            # which server process a PostgreSQL backend belongs to (run.py counts them
+            # per server in pg_stat_activity)
+            "OPTIONS": {"application_name": os.environ.get("BENCH_PG_APPNAME", f"bench-{PEER}")},
         }
     }
 else:
@@ -54,6 +57,13 @@ else:
     }
 DATABASES["default"]["CONN_MAX_AGE"] = int(os.environ.get("BENCH_CONN_MAX_AGE", "0"))
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = os.environ.get("BENCH_CONN_HEALTH_CHECKS") == "1"
+
+# chanx's ORM thread pool (the dbslow job's control runs ORM_THREADS=None); unset:
+# no CHANX setting at all, chanx's defaults. Only set for chanx.py versions that
+# have the setting (an unknown CHANX key is a configuration error).
+_ORM_THREADS = os.environ.get("BENCH_ORM_THREADS")
+if _ORM_THREADS:
+    CHANX = {"ORM_THREADS": None if _ORM_THREADS == "none" else int(_ORM_THREADS)}
 
 _LOG_FILE = os.environ.get("BENCH_LOG_FILE")
 if _LOG_FILE:

@@ -5,6 +5,7 @@
     python3 bench/run.py --quick         # tiny sizes, one repetition (smoke test, ~1 min)
     python3 bench/run.py --peers raw,chanx --reps 3 --only socket
     python3 bench/run.py --only db,import --peers raw,chanx --out bench/results-db-import.md
+    python3 bench/run.py --only db,dbslow --peers raw,chanx --chanx-prev REV --out bench/results-db-pool.md
 
 Standard library only. It creates bench/.venvs/{current,chanx213,dcrf}
 (pinned requirements-*.txt, re-created when those files change), then runs
@@ -52,8 +53,26 @@ PEERS = {
     },
     "chanx213": {"venv": "chanx213", "module": "chanx213", "label": "chanx 2.13.0"},
     "dcrf": {"venv": "dcrf", "module": "dcrf", "label": "dcrf 1.3.0"},
+    # Added by run.py itself, DB jobs only (never in --peers): the chanx.py snapshot
+    # with ORM_THREADS=None, the dbslow job's control (Channels' one ORM thread) ...
+    "chanx1": {
+        "venv": "current",
+        "module": "chanx_repo",
+        "label": "chanx, ORM_THREADS=None",
+        "repo_path": True,
+        "env": {"BENCH_ORM_THREADS": "none"},
+        "aux": True,
+    },
+    # ... and chanx.py as committed at --chanx-prev REV (the db job), on its defaults.
+    "chanxprev": {
+        "venv": "current",
+        "module": "chanx_repo",
+        "label": "chanx (previous)",
+        "repo_path": "prev",
+        "aux": True,
+    },
 }
-CONNECT_FRAMES = {"raw": 0, "chanx": 1, "chanx213": 1, "dcrf": 0}
+CONNECT_FRAMES = {"raw": 0, "chanx": 1, "chanx213": 1, "dcrf": 0, "chanx1": 1, "chanxprev": 1}
 CLIENT_VENV = "current"
 DB_VENV = "db"  # the db job's servers: "current" + psycopg
 
@@ -78,6 +97,9 @@ FULL = {
     "db_msgs": 100,
     "db_warm": 10,
     "db_rounds": 3,
+    "dbslow_conns": 20,
+    "dbslow_msgs": 30,
+    "dbslow_warm": 3,
     "import_runs": 3,
 }
 QUICK = {
@@ -101,6 +123,9 @@ QUICK = {
     "db_msgs": 20,
     "db_warm": 3,
     "db_rounds": 2,
+    "dbslow_conns": 20,
+    "dbslow_msgs": 5,
+    "dbslow_warm": 1,
     "import_runs": 3,
 }
 # keys --scale multiplies (message and connect counts; not connection counts)
@@ -115,6 +140,8 @@ SCALED = (
     "sockc_warm",
     "db_msgs",
     "db_warm",
+    "dbslow_msgs",
+    "dbslow_warm",
 )
 
 JOBS = {  # job -> in-process scenarios ("socket", "db" and "import" are special)
@@ -125,11 +152,19 @@ JOBS = {  # job -> in-process scenarios ("socket", "db" and "import" are special
     "logging": ["log_verify", "log_seq", "log_nohop_seq", "log_nohop_pipe"],
     "socket": None,
     "db": None,
+    "dbslow": None,
     "import": None,
 }
 # Jobs not run for every peer: the DB and logging scenarios compare chanx with
-# raw Channels only (the issue's scope); import cost is chanx's alone.
-JOB_PEERS = {"db": ("raw", "chanx"), "logging": ("raw", "chanx"), "import": ("chanx",)}
+# raw Channels only (the issue's scope; the DB jobs also run chanx.py with
+# ORM_THREADS=None or at --chanx-prev REV); import cost is chanx's alone.
+JOB_PEERS = {
+    "db": ("raw", "chanx", "chanxprev"),
+    "dbslow": ("raw", "chanx", "chanx1"),
+    "logging": ("raw", "chanx"),
+    "import": ("chanx",),
+}
+DB_JOBS = ("db", "dbslow")
 # The DB job's variants: name -> database settings (env for djsettings.py)
 DB_VARIANTS = {
     "db0s": {"BENCH_CONN_MAX_AGE": "0"},  # one connection: frames one at a time
@@ -137,12 +172,24 @@ DB_VARIANTS = {
     "db60": {"BENCH_CONN_MAX_AGE": "60"},
     "db60h": {"BENCH_CONN_MAX_AGE": "60", "BENCH_CONN_HEALTH_CHECKS": "1"},
 }
+# The dbslow job: each frame reads a row, runs a 5 ms query (pg_sleep), writes the row.
+DBSLOW_VARIANTS = {
+    "dbslow0": {"BENCH_CONN_MAX_AGE": "0"},
+    "dbslow60": {"BENCH_CONN_MAX_AGE": "60"},
+}
 DB_LABELS = {
     "db0s": "CONN_MAX_AGE=0 (Django's default), 1 connection",
     "db0": "CONN_MAX_AGE=0 (Django's default)",
     "db60": "CONN_MAX_AGE=60",
     "db60h": "CONN_MAX_AGE=60, CONN_HEALTH_CHECKS=True",
+    "dbslow0": "CONN_MAX_AGE=0 (Django's default)",
+    "dbslow60": "CONN_MAX_AGE=60",
 }
+PG_SAMPLE_S = 0.025  # pg_stat_activity sampling interval during the DB jobs
+
+
+def job_variants(job: str) -> list:
+    return list({"db": DB_VARIANTS, "dbslow": DBSLOW_VARIANTS}.get(job, [None]))
 
 
 def log(msg: str) -> None:
@@ -195,6 +242,7 @@ def ensure_venv(name: str, base_python: str) -> str:
 
 
 CHANX_DIR = REPO  # where `import chanx` finds chanx.py; run() points it at a snapshot
+CHANX_PREV_DIR = ""  # the --chanx-prev snapshot's dir (peer chanxprev)
 
 
 def peer_env(peer: str, tmp: str, extra: dict | None = None) -> dict:
@@ -204,8 +252,11 @@ def peer_env(peer: str, tmp: str, extra: dict | None = None) -> dict:
     env["BENCH_PEER"] = PEERS[peer]["module"] if peer in PEERS else peer
     env["BENCH_TMP"] = tmp
     env["PYTHONDONTWRITEBYTECODE"] = "1"
-    if PEERS.get(peer, {}).get("repo_path"):
-        env["PYTHONPATH"] = CHANX_DIR  # `import chanx` is this repo's chanx.py
+    repo_path = PEERS.get(peer, {}).get("repo_path")
+    if repo_path:
+        # `import chanx` is this repo's chanx.py (the snapshot, or the --chanx-prev one)
+        env["PYTHONPATH"] = CHANX_PREV_DIR if repo_path == "prev" else CHANX_DIR
+    env.update(PEERS.get(peer, {}).get("env", {}))
     env.update(extra or {})
     return env
 
@@ -372,35 +423,100 @@ def run_socket(peer: str, sizes: dict, tmp: str, timeout: float) -> dict:
 
 
 def run_db_pair(
-    peers: list[str], variant: str, sizes: dict, tmp: str, timeout: float, db_url: str
+    peers: list[str],
+    variant: str,
+    sizes: dict,
+    tmp: str,
+    timeout: float,
+    db_url: str,
+    pg_pid: int | None = None,
 ) -> dict:
-    """One DB variant: a uvicorn server per peer, both up at once, on the same PostgreSQL.
+    """One DB variant: a uvicorn server per peer, all up at once, on the same PostgreSQL.
 
     The db client then runs ``db_rounds`` times per peer, alternating peers
     (A B, B A, A B, ...), so round k of each peer is measured seconds apart and
-    background load falls on both alike. Hop counting is on in both servers.
-    Returns {peer: {variant: {metric: [one value per round]}}}.
+    background load falls on all alike. Hop counting is on in every server.
+    A sampler (``worker.py pgsample``) counts each server's PostgreSQL backends
+    (its ``application_name``) in ``pg_stat_activity`` every PG_SAMPLE_S from
+    before the first round until after the last; its maxima are one value per
+    call. Returns {peer: {variant: {metric: [one value per round]}}}.
     """
-    extra = {"BENCH_DATABASE_URL": db_url, **DB_VARIANTS[variant]}
-    # the 1-connection variant sends as many frames, one at a time
-    conns, msgs = (1, sizes["db_conns"] * sizes["db_msgs"]) if variant.endswith("s") else (
-        sizes["db_conns"], sizes["db_msgs"])  # fmt: skip
-    args = ["--kind", "db", "--conns", str(conns), "--msgs", str(msgs),
-            "--warm", str(sizes["db_warm"])]  # fmt: skip
+    if variant in DBSLOW_VARIANTS:
+        env, path = DBSLOW_VARIANTS[variant], "/ws/dbslow/"
+        conns, msgs, warm = sizes["dbslow_conns"], sizes["dbslow_msgs"], sizes["dbslow_warm"]
+    else:
+        env, path, warm = DB_VARIANTS[variant], "/ws/db/", sizes["db_warm"]
+        # the 1-connection variant sends as many frames, one at a time
+        conns, msgs = (1, sizes["db_conns"] * sizes["db_msgs"]) if variant.endswith("s") else (
+            sizes["db_conns"], sizes["db_msgs"])  # fmt: skip
+    args = ["--kind", "db", "--conns", str(conns), "--msgs", str(msgs), "--warm", str(warm)]
+    if pg_pid:
+        args += ["--pg-pid", str(pg_pid)]
     servers: dict[str, _Server] = {}
     out: dict = {p: {variant: {}} for p in peers}
+    sampler = None
     try:
         for p in peers:
+            extra = {"BENCH_DATABASE_URL": db_url, "BENCH_PG_APPNAME": f"bench-{p}", **env}
             servers[p] = _Server(p, tmp, extra, count=True, venv=DB_VENV)
+        sampler = _PgSampler(db_url, tmp)
         for r in range(sizes["db_rounds"]):
             for p in peers if r % 2 == 0 else peers[::-1]:
-                res = _client(p, servers[p], "/ws/db/", args, tmp, timeout, variant)
+                res = _client(p, servers[p], path, args, tmp, timeout, variant)
                 for k, v in res.items():
                     out[p][variant].setdefault(k, []).append(v)
+        pg = sampler.result()
+        for p in peers:
+            got = out[p][variant]
+            got["pg_backends_max"] = [pg["max_by_app"].get(f"bench-{p}", 0)]
+            got["pg_backends_peak"] = [pg["peak_by_app"].get(f"bench-{p}", 0)]
+            got["pg_backends_all_max"] = [pg["max_total"]]
+            got["pg_samples"] = [pg["samples"]]
+            got["pg_max_gap_ms"] = [pg["max_gap_ms"]]
         return out
     finally:
+        if sampler is not None:
+            sampler.stop()
         for server in servers.values():
             server.stop()
+
+
+class _PgSampler:
+    """``worker.py pgsample`` in the db venv: PostgreSQL client backends per server."""
+
+    def __init__(self, db_url: str, tmp: str):
+        stem = os.path.join(tmp, f"pgsample-{time.monotonic_ns()}")
+        self.out, ready, self.log = stem + ".json", stem + ".ready", stem + ".log"
+        with open(self.log, "wb") as lf:
+            self.process = subprocess.Popen(
+                [_venv_python(DB_VENV), WORKER, "pgsample", "--url", db_url,
+                 "--interval", str(PG_SAMPLE_S), "--ready-file", ready, "--out", self.out],
+                stdout=lf, stderr=subprocess.STDOUT, cwd=BENCH,
+                env=peer_env("raw", tmp),
+            )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not os.path.exists(ready):  # its first sample is taken
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise JobError(f"pg sampler did not start\n{_tail(self.log)}")
+            time.sleep(0.02)
+
+    def result(self) -> dict:
+        self.stop()
+        if not os.path.exists(self.out):
+            raise JobError(f"pg sampler wrote nothing (exit {self.process.returncode})\n"
+                           f"{_tail(self.log)}")  # fmt: skip
+        with open(self.out) as f:
+            return json.load(f)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def db_setup(tmp: str, db_url: str, rows: int) -> dict:
@@ -423,13 +539,28 @@ def _import_env(tmp: str) -> dict:
     return env
 
 
-def compile_snapshot() -> None:
+def compile_snapshot(directory: str | None = None) -> None:
     """Byte-compile the chanx.py snapshot with the venvs' Python, as an install would."""
     subprocess.run(
         [_venv_python(CLIENT_VENV), "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True)",
-         os.path.join(CHANX_DIR, "chanx.py")],
+         os.path.join(directory or CHANX_DIR, "chanx.py")],
         check=True,
     )  # fmt: skip
+
+
+def chanx_info(tmp: str) -> dict:
+    """The measured chanx.py's ORM_THREADS (``worker.py chanxinfo`` on the snapshot)."""
+    p = subprocess.run(
+        [_venv_python(CLIENT_VENV), WORKER, "chanxinfo"],
+        env=peer_env("chanx", tmp),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=BENCH,
+    )
+    if p.returncode != 0:
+        raise JobError(f"chanxinfo failed ({p.returncode})\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def run_import(sizes: dict, tmp: str, timeout: float, venvs: list[str]) -> dict:
@@ -644,28 +775,47 @@ ROWS = [
     ("sockc.p99_us", "latency p99", "µs", 1, False),
     ("sockc.server_cpu_us_per_msg", "server CPU", "µs/msg", 1, False),
 ]
+DB_HEADING = "PostgreSQL"  # sections whose heading starts so go to the PostgreSQL table
 for _v, _label in DB_LABELS.items():
-    ROWS += [
-        (
+    if _v in DBSLOW_VARIANTS:
+        _what = (
+            "PostgreSQL, slow query, uvicorn, {dbslow_conns} conns × {dbslow_msgs} frames, "
+            "per frame 1 row read + a 5 ms query (pg_sleep) + the row written"
+        )
+    else:
+        _what = (
             "PostgreSQL, uvicorn, "
             + (
                 "1 conn, as many frames one at a time"
                 if _v.endswith("s")
                 else "{db_conns} conns × {db_msgs} frames"
             )
-            + ", 1 row read + written "
-            f"per frame: {_label.split(', 1 connection')[0]}",
-            None,
-        ),
+            + ", 1 row read + written per frame"
+        )
+    ROWS += [
+        (f"{_what}: {_label.split(', 1 connection')[0]}", None),
         (f"{_v}.msgs_per_s", "throughput", "msg/s", 1, True),
         (f"{_v}.p50_us", "latency p50", "µs", 1, False),
         (f"{_v}.p99_us", "latency p99", "µs", 1, False),
         (f"{_v}.server_cpu_us_per_msg", "server CPU (uvicorn process)", "µs/msg", 1, False),
         (f"{_v}.hops_per_msg", "thread hops (sync_to_async calls)", "/frame", 1, False),
         (f"{_v}.db_connects_per_msg", "new DB connections", "/frame", 1, False),
+        # CPU use while the load runs, in cores (1.00 = one core busy all the time);
+        # no ratio: they say which process is the limit, not which peer is better
+        (f"{_v}.server_cpu_util", "CPU: uvicorn process", "cores", 1, None),
+        (f"{_v}.pg_cpu_util", "CPU: PostgreSQL (all its processes)", "cores", 1, None),
+        (f"{_v}.client_cpu_util", "CPU: load client", "cores", 1, None),
+        (f"{_v}.loop_lag_ms", "event loop lag (10 ms sleeps), mean", "ms", 1, None),
+        (f"{_v}.loop_lag_max_ms", "↳ max", "ms", 1, None),
+        (f"{_v}.orm_busy_mean", "ORM pool threads busy, mean", "threads", 1, None),
+        (f"{_v}.orm_waiting_mean", "waiting for an ORM thread, mean", "units/calls", 1, None),
+        (f"{_v}.pg_backends_max", "PostgreSQL connections of the server, max", "conns", 1, None),
+        (f"{_v}.pg_backends_peak", "↳ with backends still exiting", "backends", 1, None),
+        (f"{_v}.orm_threads_bound", "ORM threads (its bound on backends)", "threads", 1, None),
     ]
 
-# (label, metric, numerator peer, denominator peer, denominator metric, op, threshold)
+# (label, metric, denominator peer, numerator peer (None: chanx), op, threshold);
+# op "within": threshold is a (low, high) range of the ratio
 TARGETS = [
     (
         "over uvicorn, {sockc_conns} conns: throughput vs raw",
@@ -748,10 +898,50 @@ TARGETS = [
     *(
         (f"PostgreSQL, {_label}: throughput vs raw", f"{_v}.msgs_per_s", "raw", None, ">=", 1.0)
         for _v, _label in DB_LABELS.items()
+        if _v in DB_VARIANTS
     ),
     *(
         (f"PostgreSQL, {_label}: p99 vs raw", f"{_v}.p99_us", "raw", None, "<=", 1.0)
         for _v, _label in DB_LABELS.items()
+        if _v in DB_VARIANTS
+    ),
+    # the ORM thread pool: with a 5 ms query per frame, {dbslow_conns} connections
+    *(
+        (
+            f"PostgreSQL slow query, {{dbslow_conns}} conns, {_label}: throughput vs raw",
+            f"{_v}.msgs_per_s",
+            "raw",
+            None,
+            ">=",
+            3.0,
+        )
+        for _v, _label in DB_LABELS.items()
+        if _v in DBSLOW_VARIANTS
+    ),
+    *(
+        (
+            f"↳ control, chanx with ORM_THREADS=None vs raw ({_label}): level",
+            f"{_v}.msgs_per_s",
+            "raw",
+            "chanx1",
+            "within",
+            (0.8, 1.25),
+        )
+        for _v, _label in DB_LABELS.items()
+        if _v in DBSLOW_VARIANTS
+    ),
+    # the fast DB job: chanx (pool) against chanx.py at --chanx-prev (5% for noise)
+    *(
+        (
+            f"PostgreSQL, {_label}: throughput vs the previous chanx (not slower)",
+            f"{_v}.msgs_per_s",
+            "chanxprev",
+            None,
+            ">=",
+            0.95,
+        )
+        for _v, _label in DB_LABELS.items()
+        if _v in DB_VARIANTS
     ),
 ]
 IMPORT_TARGET = 0.08  # `import chanx` at most 8% over its dependencies' own import time
@@ -787,6 +977,113 @@ def _sections(peers: list[str], data: dict):
     return [(h, rows) for h, rows in out if rows]
 
 
+def _limit(data: dict, peer: str, variant: str) -> str:
+    """Which part bounds a DB run: the ORM threads, or which process's CPU (medians)."""
+
+    def med(key: str):
+        return median_of(data, peer, f"{variant}.{key}")
+
+    util = {"uvicorn": med("server_cpu_util"), "PostgreSQL": med("pg_cpu_util"),
+            "client": med("client_cpu_util")}  # fmt: skip
+    if util["uvicorn"] is None:
+        return "—"
+    known = {k: v for k, v in util.items() if v is not None}
+    total = sum(known.values())
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    bound, busy, waiting, lag = med("orm_threads_bound"), med("orm_busy_mean"), \
+        med("orm_waiting_mean"), med("loop_lag_ms")  # fmt: skip
+    facts = (
+        ", ".join(f"{k} {v:.2f}" for k, v in known.items()) + f" cores (sum {total:.2f} of {cores})"
+    )
+    if lag is not None:
+        facts += f"; loop lag {lag:.2f} ms"
+    rate = med("msgs_per_s")
+    if busy is not None:
+        facts += f"; pool threads busy {busy:.1f} of {bound:.0f}"
+        if rate:  # Little's law: threads held on average = frames/s * hold time per frame
+            facts += f" (a frame holds its thread {busy / rate * 1e3:.1f} ms)"
+    if waiting is not None:
+        facts += f"; waiting for a thread {waiting:.1f}"
+    top = max((v, k) for k, v in known.items())
+    if busy is not None and (waiting or 0) >= 0.5:
+        verdict = f"the pool: its {bound:.0f} threads taken, frames queue for one"
+    elif busy is None and (waiting or 0) >= 0.5:
+        verdict = "the one ORM thread: calls queue for it"
+    elif util["uvicorn"] >= 0.9:
+        verdict = "uvicorn's CPU (one core: the event loop and the ORM threads share the GIL)"
+    elif total >= 0.85 * cores:
+        verdict = f"the machine's {cores} cores (all three busy; {top[1]} most)"
+    elif top[0] >= 0.9:
+        verdict = f"{top[1]}'s CPU"
+    else:
+        verdict = "none saturated: latency (threads free, CPU to spare)"
+    return f"{facts}: limit = {verdict}"
+
+
+def db_notes(data: dict, peers: list[str], meta: dict) -> list[str]:
+    """Lines under the PostgreSQL table: backends vs the ORM-thread bound, and the limit."""
+    L: list[str] = []
+    checks, worst = [], True
+    for v, label in DB_LABELS.items():
+        cells = []
+        for p in peers:
+            got = data.get(p, {}).get(f"{v}.pg_backends_max")
+            bound = data.get(p, {}).get(f"{v}.orm_threads_bound")
+            if not got or not bound:
+                continue
+            ok = max(got) <= min(bound)
+            worst = worst and ok
+            peak = max(data[p].get(f"{v}.pg_backends_peak") or got)
+            cells.append(f"{PEERS[p]['label']} {max(got):.0f} / {min(bound):.0f}"
+                         + (f" (peak {peak:.0f} with exiting backends)" if peak > max(got) else "")
+                         + ("" if ok else " **EXCEEDED**"))  # fmt: skip
+        if cells:
+            job = "dbslow" if v in DBSLOW_VARIANTS else "db"
+            checks.append(f"  - {job}, {label}: " + "; ".join(cells))
+    if checks:
+
+        def every(key: str) -> list:
+            return [x for p in peers for v in DB_LABELS for x in data.get(p, {}).get(f"{v}.{key}", [])]  # fmt: skip
+
+        samples, gaps, alls = (
+            every("pg_samples"),
+            every("pg_max_gap_ms"),
+            every("pg_backends_all_max"),
+        )
+        L.append(
+            "PostgreSQL client backends per server process (`pg_stat_activity`, "
+            "`backend_type = 'client backend'`, the bench database, by each server's "
+            f"`application_name`; the sampler's own connection excluded), sampled every "
+            f"{PG_SAMPLE_S * 1e3:.0f} ms from before a variant's first round until after its "
+            f"last ({min(samples)}–{max(samples)} samples per variant, longest gap "
+            f"{max(gaps):.0f} ms; at most {max(alls)} backends of all the servers at once): "
+            "the most open at once in any run / what its ORM threads allow (one connection "
+            "per thread per alias; one alias). A backend whose client has closed the "
+            "connection (its socket no longer ESTABLISHED) is not counted as open: under "
+            "CONN_MAX_AGE=0 a thread closes its connection and opens the next at once, and "
+            "PostgreSQL lists the old backend until it has exited (the peak, when higher). "
+            + ("**within the bound in every run**" if worst else "**bound EXCEEDED**")
+        )
+        L += checks
+        L.append("")
+    slow = [
+        v for v in DBSLOW_VARIANTS if any(data.get(p, {}).get(f"{v}.msgs_per_s") for p in peers)
+    ]
+    if slow:
+        L.append("Where the slow-query runs' limit is (medians while the load runs: CPU in "
+                 "cores of the uvicorn process, PostgreSQL's processes and the load client; "
+                 "the server's event loop lag; its ORM threads busy and what waits for one):")  # fmt: skip
+        for v in slow:
+            for p in peers:
+                if data.get(p, {}).get(f"{v}.msgs_per_s"):
+                    L.append(f"  - {DB_LABELS[v]}, {PEERS[p]['label']}: {_limit(data, p, v)}")
+        L.append("")
+    return L
+
+
 def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: list[str]) -> str:
     L: list[str] = []
     L.append(f"# chanx benchmark results ({meta['mode']})\n")
@@ -817,13 +1114,29 @@ def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: 
     if meta.get("postgres"):
         L.append(f"- PostgreSQL: {meta['postgres']}")
     L.append("- peers: " + "; ".join(PEERS[p]["label"] for p in peers))
+    info = meta.get("chanx_info")
+    if info:
+        L.append(
+            "- chanx's ORM threads: "
+            + (
+                f"`ORM_THREADS` default {info['orm_threads_default']} (the chanx column: no "
+                "`CHANX` setting); the control column sets `ORM_THREADS=None`"
+                if info.get("has_orm_threads")
+                else "this chanx.py has no `ORM_THREADS` setting (Channels' one ORM thread; "
+                "the dbslow job's `ORM_THREADS=None` control was not run)"
+            )
+        )
+    if meta.get("chanx_prev"):
+        L.append(
+            f"- previous chanx (db job's `chanx @…` column, its defaults): {meta['chanx_prev']}"
+        )
     L.append(
         f"- {sizes['reps']} repetition(s), median shown; jobs interleaved across peers, "
         f"peer order rotated each repetition"
         + (
-            f" (db job: {sizes['db_rounds']} alternating rounds per repetition, "
-            "both servers up at once)"
-            if "db" in meta["jobs"]
+            f" (DB jobs: {sizes['db_rounds']} alternating rounds per repetition, "
+            "every peer's server up at once)"
+            if any(j in meta["jobs"] for j in DB_JOBS)
             else ""
         )
         + f"; jobs: {', '.join(meta['jobs'])}; "
@@ -831,31 +1144,43 @@ def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: 
     )
     L.append(f"- sizes: {json.dumps({k: v for k, v in sizes.items() if k != 'reps'})}")
     L.append("")
+    aux = meta.get("aux_peers", [])
     sections = _sections(peers, data)
-    if sections:
+    main = [sec for sec in sections if not sec[0].startswith(DB_HEADING)]
+    db_sections = _sections(peers + aux, data)
+    db_sections = [sec for sec in db_sections if sec[0].startswith(DB_HEADING)]
+    db_peers = [
+        p for p in peers + aux
+        if any(data.get(p, {}).get(row[0]) for _h, rows in db_sections for row in rows)
+    ]  # fmt: skip
+    if sections or db_sections:
         L.append(
             "Each cell: median value, and in parentheses the ratio to raw Channels "
             "(peer / raw; for msg/s higher is better, for everything else lower is better). "
             "bench/README.md says what each row measures.\n"
         )
-        L.append("| metric | unit | " + " | ".join(PEERS[p]["label"] for p in peers) + " |")
-        L.append("|---|---|" + "---|" * len(peers))
-    for heading, rows in sections:
-        L.append(f"| **{heading.format(**sizes)}** | |" + " |" * len(peers))
-        for metric, label, unit, scale, _hib in rows:
-            base = median_of(data, "raw", metric)
-            cells = []
-            for p in peers:
-                m = median_of(data, p, metric)
-                if m is None:
-                    cells.append("—")
-                elif p == "raw" or not base:
-                    cells.append(_fmt(m * scale))
-                else:
-                    cells.append(f"{_fmt(m * scale)} ({m / base:.2f}×)")
-            L.append(f"| {label.format(**sizes)} | {unit} | " + " | ".join(cells) + " |")
-    if sections:
+    for table, cols in ((main, peers), (db_sections, db_peers)):
+        if not table:
+            continue
+        L.append("| metric | unit | " + " | ".join(PEERS[p]["label"] for p in cols) + " |")
+        L.append("|---|---|" + "---|" * len(cols))
+        for heading, rows in table:
+            L.append(f"| **{heading.format(**sizes)}** | |" + " |" * len(cols))
+            for metric, label, unit, scale, hib in rows:
+                base = median_of(data, "raw", metric)
+                cells = []
+                for p in cols:
+                    m = median_of(data, p, metric)
+                    if m is None:
+                        cells.append("—")
+                    elif p == "raw" or not base or hib is None:
+                        cells.append(_fmt(m * scale))
+                    else:
+                        cells.append(f"{_fmt(m * scale)} ({m / base:.2f}×)")
+                L.append(f"| {label.format(**sizes)} | {unit} | " + " | ".join(cells) + " |")
         L.append("")
+    if db_sections:
+        L += db_notes(data, db_peers, meta)
     imp = data.get("chanx", {})
     if imp.get("import.ratio"):
         L.append("## Import cost (`bench/importcost.py`, a fresh interpreter per run)\n")
@@ -891,25 +1216,29 @@ def build_report(data: dict, peers: list[str], sizes: dict, meta: dict, errors: 
         L.append("## Targets (chanx = this repo's chanx.py)\n")
         L.append("| target | measured ratio (median) | per-repetition range | goal | result |")
         L.append("|---|---|---|---|---|")
-        for label, metric, den, _, op, thr in TARGETS:
-            num = median_of(data, "chanx", metric)
+        for label, metric, den, num_peer, op, thr in TARGETS:
+            num_peer = num_peer or "chanx"
+            num = median_of(data, num_peer, metric)
             d = median_of(data, den, metric)
             if num is None or not d:
                 continue  # not measured in this run
             r = num / d
-            ok = r >= thr if op == ">=" else r <= thr
-            a_vals, b_vals = data["chanx"].get(metric, []), data[den].get(metric, [])
+            low, high = thr if op == "within" else (thr, None) if op == ">=" else (None, thr)
+            ok = (low is None or r >= low) and (high is None or r <= high)
+            a_vals, b_vals = data[num_peer].get(metric, []), data[den].get(metric, [])
             per_rep = (
                 [x / y for x, y in zip(a_vals, b_vals, strict=True) if y]
                 if len(a_vals) == len(b_vals)
                 else []
             )
             rng = f"{min(per_rep):.2f}–{max(per_rep):.2f}×" if len(per_rep) > 1 else "—"
+            lines = thr if op == "within" else (thr,)
             shown = (
-                f"{r:.3f}×" if f"{r:.2f}" == f"{thr:.2f}" else f"{r:.2f}×"
+                f"{r:.3f}×" if any(f"{r:.2f}" == f"{t:.2f}" for t in lines) else f"{r:.2f}×"
             )  # no rounding onto the line
+            goal = f"{thr[0]}–{thr[1]}×" if op == "within" else f"{op} {thr}×"
             L.append(
-                f"| {label.format(**sizes)} | {shown} | {rng} | {op} {thr}× | {'PASS' if ok else 'MISS'} |"
+                f"| {label.format(**sizes)} | {shown} | {rng} | {goal} | {'PASS' if ok else 'MISS'} |"
             )
         if imp.get("import.ratio"):
             r = statistics.median(imp["import.ratio"])
@@ -1062,7 +1391,11 @@ def start_postgres(meta: dict, sizes: dict):
         raise SystemExit("the db job needs PostgreSQL's initdb/pg_ctl (apt-get install postgresql)")
     pg = PostgresServer(database="bench", settings=PG_NO_SYNC).start()
     try:
-        setup = db_setup(tempfile.gettempdir(), pg.url, max(100, sizes["db_conns"]))
+        setup = db_setup(
+            tempfile.gettempdir(), pg.url, max(100, sizes["db_conns"], sizes["dbslow_conns"])
+        )
+        with open(os.path.join(pg.directory, "data", "postmaster.pid")) as f:
+            meta["pg_pid"] = int(f.readline())
     except BaseException:
         pg.stop()
         raise
@@ -1099,6 +1432,12 @@ def main() -> int:
         metavar="REV",
         help="measure chanx.py as committed at REV (e.g. HEAD) instead of the working tree's",
     )
+    ap.add_argument(
+        "--chanx-prev",
+        metavar="REV",
+        help="db job: also run chanx.py as committed at REV (e.g. the commit before a change) "
+        "and compare chanx with it",
+    )
     ap.add_argument("--python", default=sys.executable, help="interpreter the venvs are made from")
     ap.add_argument(
         "--out", help="report path (default bench/results.md; --quick: bench/out/quick-results.md)"
@@ -1120,8 +1459,9 @@ def main() -> int:
         sizes["reps"] = a.reps
     peers = [p.strip() for p in a.peers.split(",") if p.strip()]
     for p in peers:
-        if p not in PEERS:
-            ap.error(f"unknown peer {p!r} (choose from {', '.join(PEERS)})")
+        if p not in PEERS or PEERS[p].get("aux"):
+            main_peers = ", ".join(p for p in PEERS if not PEERS[p].get("aux"))
+            ap.error(f"unknown peer {p!r} (choose from {main_peers})")
     if "raw" not in peers:
         peers.insert(0, "raw")
     jobs = [j.strip() for j in a.only.split(",") if j.strip()]
@@ -1158,9 +1498,25 @@ def main() -> int:
             with open(os.path.join(REPO, "chanx.py"), "rb") as f:
                 src = f.read()
         meta.update(chanx_stamp(src, a.chanx_rev or "HEAD"))
+    # the DB jobs' extra chanx servers (columns of the PostgreSQL table only)
+    aux: list[str] = []
+    prev_src = None
+    if "chanx" in peers and "db" in jobs and a.chanx_prev:
+        prev_src = subprocess.run(
+            ["git", "-C", REPO, "show", f"{a.chanx_prev}:chanx.py"], capture_output=True, check=True
+        ).stdout
+        commit = _git("rev-parse", f"{a.chanx_prev}^{{commit}}")
+        PEERS["chanxprev"]["label"] = f"chanx @{commit[:8] or a.chanx_prev}"
+        meta["chanx_prev"] = (
+            f"`{a.chanx_prev}` = commit `{commit}`, chanx.py sha256 "
+            f"`{hashlib.sha256(prev_src).hexdigest()}`"
+        )
+        aux.append("chanxprev")
+    if "chanx" in peers and "dbslow" in jobs:
+        aux.append("chanx1")  # dropped below if this chanx.py has no ORM_THREADS
 
     import_venvs = ["current"]
-    if "db" in jobs or "import" in jobs:
+    if any(j in jobs for j in DB_JOBS) or "import" in jobs:
         meta["versions"][DB_VENV] = json.loads(
             subprocess.run(
                 [ensure_venv(DB_VENV, a.python), WORKER, "info"],
@@ -1170,8 +1526,8 @@ def main() -> int:
             ).stdout
         )
         import_venvs.append(DB_VENV)
-    data: dict = {p: {} for p in peers}
-    info: dict = {p: {} for p in peers}
+    data: dict = {p: {} for p in peers + aux}
+    info: dict = {p: {} for p in peers + aux}
     meta["info"] = info
     timeout = 180 if a.quick else 1200
     tmp = tempfile.mkdtemp(prefix="chanx-bench-")
@@ -1183,7 +1539,23 @@ def main() -> int:
         with open(os.path.join(CHANX_DIR, "chanx.py"), "wb") as f:
             f.write(src)
         compile_snapshot()
-    units = [(job, v) for job in jobs for v in (DB_VARIANTS if job == "db" else [None])]
+    if prev_src is not None:
+        global CHANX_PREV_DIR
+        CHANX_PREV_DIR = os.path.join(tmp, "chanx-prev")
+        os.makedirs(CHANX_PREV_DIR)
+        with open(os.path.join(CHANX_PREV_DIR, "chanx.py"), "wb") as f:
+            f.write(prev_src)
+        compile_snapshot(CHANX_PREV_DIR)
+    if "chanx" in peers and any(j in jobs for j in DB_JOBS):
+        try:
+            meta["chanx_info"] = chanx_info(tmp)
+        except JobError as e:
+            errors.append(f"chanxinfo: {e}")
+            meta["chanx_info"] = {}
+        if not meta["chanx_info"].get("has_orm_threads") and "chanx1" in aux:
+            aux.remove("chanx1")  # no control to run (the report's header says so)
+    meta["aux_peers"] = aux
+    units = [(job, v) for job in jobs for v in job_variants(job)]
 
     def record(peer: str, res: dict) -> None:
         for scen, vals in res.items():
@@ -1198,16 +1570,19 @@ def main() -> int:
     pg = None
     db_url = ""
     try:
-        if "db" in jobs:
+        if any(j in jobs for j in DB_JOBS):
             pg, db_url = start_postgres(meta, sizes)
         for rep in range(sizes["reps"]):
             order = peers[rep % len(peers) :] + peers[: rep % len(peers)]
             for job, variant in units:
-                if job == "db":
-                    pair = [p for p in order if p in JOB_PEERS["db"]]
+                if job in DB_JOBS:
+                    pair = [p for p in peers + aux if p in JOB_PEERS[job]]
+                    pair = pair[rep % len(pair) :] + pair[: rep % len(pair)]
                     t0 = time.monotonic()
                     try:
-                        results = run_db_pair(pair, variant, sizes, tmp, timeout, db_url)
+                        results = run_db_pair(
+                            pair, variant, sizes, tmp, timeout, db_url, meta.get("pg_pid")
+                        )
                     except JobError as e:
                         errors.append(f"rep {rep + 1} job {variant} peers {pair}: {e}")
                         log(f"[rep {rep + 1}/{sizes['reps']}] {variant:<11} ERROR (see report)")
@@ -1278,7 +1653,7 @@ def main() -> int:
         f.write(report)
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
         json.dump(
-            {"meta": meta, "sizes": sizes, "peers": peers, "data": data, "errors": errors},
+            {"meta": meta, "sizes": sizes, "peers": peers + aux, "data": data, "errors": errors},
             f,
             indent=1,
         )

@@ -4,6 +4,8 @@
     worker.py inproc --peer P --sizes JSON --scenarios seq,pipe,...   (prints JSON)
     worker.py serve  --peer P --ready-file F                           (uvicorn)
     worker.py client --url U --server-pid PID ...                      (prints JSON)
+    worker.py pgsample --url DB --ready-file F --out F   (PostgreSQL backends, until SIGTERM)
+    worker.py chanxinfo                                  (the chanx.py on PYTHONPATH: settings)
 
 ``inproc`` drives the peer's ASGI application directly: the scope, ``receive``
 (an ``asyncio.Queue.get``) and ``send`` (a ``put_nowait``) are all the
@@ -560,11 +562,15 @@ def with_stats(app):
     ``SyncToAsync.__call__`` (the ORM's ``aget``/``asave`` too); the counting
     wrapper is one plain function call per hop, the same for every peer.
     New DB connections are counted by Django's ``connection_created`` signal.
+    From the first connection on, a task (``_monitor``) samples the event
+    loop's lag and the ORM threads' load every 10 ms.
     """
     from asgiref.sync import SyncToAsync
     from django.db.backends.signals import connection_created
 
-    stats = {"hops": 0, "db_connects": 0}
+    stats = {"hops": 0, "db_connects": 0, "lag_s": 0.0, "lag_max_s": 0.0, "ticks": 0,
+             "orm_busy": 0, "orm_waiting": 0}  # fmt: skip
+    monitor: list = []
     real = SyncToAsync.__call__
 
     def counting(self, *args, **kwargs):
@@ -579,6 +585,8 @@ def with_stats(app):
     connection_created.connect(on_connect, weak=False)
 
     async def wrapped(scope, receive, send):
+        if not monitor:
+            monitor.append(asyncio.get_running_loop().create_task(_monitor(stats)))
         if scope["type"] == "websocket" and scope["path"] == STATS_PATH:
             await receive()
             await send({"type": "websocket.accept"})
@@ -588,12 +596,62 @@ def with_stats(app):
             if tracked is not None:  # chanx.py's connection tracking, while it has one
                 with contextlib.suppress(TypeError):
                     extra["chanx_tracked_connections"] = len(tracked)
+            extra.update(_orm_threads(chanx))
             await send({"type": "websocket.send", "text": json.dumps({**stats, **extra})})
+            stats["lag_max_s"] = 0.0  # the next read reports the most since this one
             await send({"type": "websocket.close", "code": 1000})
             return
         await app(scope, receive, send)
 
     return wrapped
+
+
+async def _monitor(stats: dict, tick: float = 0.01) -> None:
+    """Every ``tick``: the event loop's lag (how late a ``sleep(tick)`` wakes up: time the
+    loop spent on other callbacks, or waiting for the GIL held by a thread), and the
+    ORM threads' load: chanx's pool threads busy and units waiting for one, or the
+    calls queued for asgiref's one shared thread (Channels; ``ORM_THREADS=None``)."""
+    from asgiref.sync import SyncToAsync
+
+    loop = asyncio.get_running_loop()
+    while True:
+        t = loop.time()
+        await asyncio.sleep(tick)
+        lag = max(0.0, loop.time() - t - tick)
+        stats["lag_s"] += lag
+        stats["lag_max_s"] = max(stats["lag_max_s"], lag)
+        stats["ticks"] += 1
+        pools = getattr(sys.modules.get("chanx"), "_POOLS", None) or {}
+        # a pool of ORM_THREADS=None runs its units on the shared thread
+        sized = [p for p in list(pools.values()) if getattr(p, "size", 1) is not None]
+        if sized:
+            with contextlib.suppress(AttributeError, TypeError):
+                for pool in sized:
+                    stats["orm_busy"] += len(pool.threads) - len(pool.free)
+                    stats["orm_waiting"] += len(pool.waiting)
+        else:
+            queue = getattr(SyncToAsync.single_thread_executor, "_work_queue", None)
+            if queue is not None:
+                stats["orm_waiting"] += queue.qsize()
+
+
+def _orm_threads(chanx) -> dict:
+    """The threads this process may run ORM calls on, i.e. DB connections per alias.
+
+    Channels (and chanx without ``ORM_THREADS``, or with ``ORM_THREADS=None``):
+    asgiref's one shared thread. chanx with ``ORM_THREADS=N``: a pool of N
+    (``orm_threads_started``: how many of them it has started so far).
+    """
+    settings = getattr(chanx, "chanx_settings", None)
+    try:
+        size = settings.ORM_THREADS if settings is not None else None
+    except AttributeError:  # a chanx.py without the setting
+        size = None
+    out = {"orm_threads_bound": size or 1}
+    pools = getattr(chanx, "_POOLS", None)
+    if size and isinstance(pools, dict):
+        out["orm_threads_started"] = sum(len(getattr(p, "threads", ())) for p in pools.values())
+    return out
 
 
 def serve(peer_name: str, ready_file: str, count: bool = False) -> None:
@@ -652,10 +710,30 @@ async def _open_conns(a) -> list:
     return conns
 
 
+def _pg_cpu(postmaster) -> float:
+    """CPU seconds of a PostgreSQL server so far: the postmaster, its exited (reaped)
+    children, and its live children (backends come and go under CONN_MAX_AGE=0)."""
+    import psutil
+
+    t = postmaster.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in postmaster.children():
+        with contextlib.suppress(psutil.Error):
+            c = child.cpu_times()
+            total += c.user + c.system
+    return total
+
+
 async def db_client(a) -> dict:
-    """Each connection bumps its own row (id = its index + 1) and checks the count goes up by one."""
+    """Each connection bumps its own row (id = its index + 1) and checks the count goes up by one.
+
+    Besides throughput and latency: CPU used during the timed phase by the
+    server (uvicorn) process, by PostgreSQL (``--pg-pid``: its postmaster) and
+    by this client, each as a fraction of one core, to tell which one is the limit.
+    """
     import psutil
     server = psutil.Process(a.server_pid)
+    postmaster = psutil.Process(a.pg_pid) if a.pg_pid else None
     conns = await _open_conns(a)
     bad: list[str] = []
     last: dict[int, int] = {}
@@ -682,11 +760,13 @@ async def db_client(a) -> dict:
     await asyncio.gather(*(loop(i + 1, ws, a.warm, []) for i, ws in enumerate(conns)))
     lats: list[int] = []
     s0 = await _stats(a.url)
-    c0 = server.cpu_times()
+    pg0 = _pg_cpu(postmaster) if postmaster else None
+    c0, own0 = server.cpu_times(), time.process_time()
     t0 = perf()
     await asyncio.gather(*(loop(i + 1, ws, a.msgs, lats) for i, ws in enumerate(conns)))
     dt = perf() - t0
-    c1 = server.cpu_times()
+    c1, own1 = server.cpu_times(), time.process_time()
+    pg1 = _pg_cpu(postmaster) if postmaster else None
     s1 = await _stats(a.url)
     for ws in conns:
         await ws.close()
@@ -704,10 +784,110 @@ async def db_client(a) -> dict:
         # the stats connections themselves make no hop and no DB connection
         "hops_per_msg": (s1["hops"] - s0["hops"]) / total,
         "db_connects_per_msg": (s1["db_connects"] - s0["db_connects"]) / total,
+        "client_cpu_util": (own1 - own0) / (dt / 1e9),
+        "orm_threads_bound": s1["orm_threads_bound"],
     }
+    ticks = s1["ticks"] - s0["ticks"]
+    if ticks > 0:
+        out["loop_lag_ms"] = (s1["lag_s"] - s0["lag_s"]) / ticks * 1e3
+        out["loop_lag_max_ms"] = s1["lag_max_s"] * 1e3
+        out["orm_waiting_mean"] = (s1["orm_waiting"] - s0["orm_waiting"]) / ticks
+        if s1["orm_busy"]:
+            out["orm_busy_mean"] = (s1["orm_busy"] - s0["orm_busy"]) / ticks
+    if pg0 is not None:
+        out["pg_cpu_util"] = (pg1 - pg0) / (dt / 1e9)
+    if "orm_threads_started" in s1:
+        out["orm_threads_started"] = s1["orm_threads_started"]
     if "chanx_tracked_connections" in s1:
         out["chanx_tracked_connections_end"] = s1["chanx_tracked_connections"]
     return out
+
+
+PG_BACKENDS = """
+    SELECT coalesce(application_name, ''), client_port FROM pg_stat_activity
+    WHERE datname = current_database() AND backend_type = 'client backend'
+      AND pid <> pg_backend_pid()
+"""
+
+
+def _established_ports(pg_port: int) -> set[int]:
+    """Client ports of PostgreSQL's TCP sockets that are ESTABLISHED (client still there)."""
+    out = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(path) as f:
+            next(f, None)
+            for line in f:
+                fields = line.split()
+                local, remote, state = fields[1], fields[2], fields[3]
+                if int(local.rsplit(":", 1)[1], 16) == pg_port and state == "01":
+                    out.add(int(remote.rsplit(":", 1)[1], 16))
+    return out
+
+
+def pg_sample(url: str, interval: float, out: str, ready_file: str) -> None:
+    """Count the database's client backends every ``interval`` s until SIGTERM/SIGINT.
+
+    Per ``application_name`` (each bench server sets its own: djsettings.py)
+    and in all, the sampler's own connection excluded. A backend whose client
+    already closed the connection (its socket no longer ESTABLISHED in
+    /proc/net/tcp, or gone: the backend still exiting) is counted apart: under
+    CONN_MAX_AGE=0 a thread closes its connection and opens the next at once,
+    and PostgreSQL lists both for a moment. Writes the maxima (``max_by_app``:
+    open connections; ``peak_by_app``: every backend listed), the number of
+    samples and the longest gap between two samples to ``out``.
+    """
+    import signal
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    pg_port = urlsplit(url).port or 5432
+    stop: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(1))
+    by_app: dict[str, int] = {}
+    peak_by_app: dict[str, int] = {}
+    total_max = samples = 0
+    max_gap = 0.0
+    last = None
+    with psycopg.connect(url, autocommit=True, application_name="bench-sampler") as conn:
+        while not stop:
+            t = time.monotonic()
+            rows = conn.execute(PG_BACKENDS).fetchall()
+            # read after the query: a backend listed and still ESTABLISHED now was open then
+            established = _established_ports(pg_port) if rows else set()
+            samples += 1
+            if last is not None:
+                max_gap = max(max_gap, t - last)
+            last = t
+            open_n: dict[str, int] = {}
+            all_n: dict[str, int] = {}
+            for app, port in rows:
+                all_n[app] = all_n.get(app, 0) + 1
+                if port in established or port is None:  # None: a Unix socket
+                    open_n[app] = open_n.get(app, 0) + 1
+            for app, n in all_n.items():
+                peak_by_app[app] = max(peak_by_app.get(app, 0), n)
+                by_app[app] = max(by_app.get(app, 0), open_n.get(app, 0))
+            total_max = max(total_max, sum(open_n.values()))
+            if samples == 1:
+                _write(ready_file, {"pid": os.getpid()})
+            time.sleep(max(0.0, interval - (time.monotonic() - t)))
+    _write(out, {"max_by_app": by_app, "peak_by_app": peak_by_app, "max_total": total_max,
+                 "samples": samples, "max_gap_ms": max_gap * 1e3,
+                 "interval_ms": interval * 1e3})  # fmt: skip
+
+
+def chanx_info() -> dict:
+    """What the chanx.py on PYTHONPATH offers: its ORM_THREADS default, if it has one."""
+    import django
+
+    django.setup()
+    import chanx
+
+    defaults = getattr(chanx, "DEFAULTS", {})
+    return {"file": chanx.__file__, "has_orm_threads": "ORM_THREADS" in defaults,
+            "orm_threads_default": defaults.get("ORM_THREADS")}  # fmt: skip
 
 
 async def client(a) -> dict:
@@ -788,7 +968,14 @@ def main() -> None:
     pc.add_argument("--warm", type=int, default=100)
     pc.add_argument("--connect-frames", type=int, default=0)
     pc.add_argument("--kind", choices=("echo", "db"), default="echo")
+    pc.add_argument("--pg-pid", type=int, help="PostgreSQL's postmaster (db kind: its CPU)")
     pc.add_argument("--out", required=True)
+    pp = sub.add_parser("pgsample")
+    pp.add_argument("--url", required=True)
+    pp.add_argument("--interval", type=float, default=0.025)
+    pp.add_argument("--ready-file", required=True)
+    pp.add_argument("--out", required=True)
+    sub.add_parser("chanxinfo")
     a = p.parse_args()
 
     if a.cmd == "info":
@@ -804,6 +991,11 @@ def main() -> None:
         _write(a.out, res)
     elif a.cmd == "serve":
         serve(a.peer, a.ready_file, a.count)
+    elif a.cmd == "pgsample":
+        pg_sample(a.url, a.interval, a.out, a.ready_file)
+    elif a.cmd == "chanxinfo":
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djsettings")
+        print(json.dumps(chanx_info()))
     elif a.cmd == "client":
         import uvloop
 

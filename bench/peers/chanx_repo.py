@@ -13,6 +13,7 @@ itself, so ws/echo-nohop/ is the very same consumer as ws/echo/.
 
 ws/auth/ authenticates a DRF token (``TokenAuthentication``, ``IsAuthenticated``);
 ws/db/ reads and bumps one row through the async ORM in a ``@ws_handler``;
+ws/dbslow/ the same with the 5 ms query (``benchapp.slow.slow_query``) in between;
 ws/echo-log/ and ws/echo-log-nohop/ are ws/echo/: chanx logs its two INFO
 records per frame by default, and the logging job turns the level on.
 """
@@ -20,6 +21,7 @@ records per frame by default, and the logging job turns the level on.
 from typing import Literal
 
 from benchapp.models import Row
+from benchapp.slow import slow_query
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from django.urls import path
@@ -123,6 +125,18 @@ class DbConsumer(AsyncJsonWebsocketConsumer):
         return BumpedMessage(payload=BumpedPayload(id=row.pk, hits=row.hits))
 
 
+class DbSlowConsumer(AsyncJsonWebsocketConsumer):
+    authenticator_class = BenchAuthenticator
+
+    @ws_handler
+    async def handle_bump(self, message: BumpMessage) -> BumpedMessage:
+        row = await Row.objects.aget(pk=message.payload.id)
+        await slow_query()
+        row.hits += 1
+        await row.asave(update_fields=["hits"])
+        return BumpedMessage(payload=BumpedPayload(id=row.pk, hits=row.hits))
+
+
 class FanoutConsumer(AsyncJsonWebsocketConsumer[FanoutEvent]):
     authenticator_class = BenchAuthenticator
 
@@ -183,6 +197,7 @@ application = AuthMiddlewareStack(
             path("ws/chat/", ChatConsumer.as_asgi()),
             path("ws/auth/", TokenEchoConsumer.as_asgi()),
             path("ws/db/", DbConsumer.as_asgi()),
+            path("ws/dbslow/", DbSlowConsumer.as_asgi()),
             path("ws/echo-log/", EchoConsumer.as_asgi()),
             path("ws/echo-log-nohop/", EchoConsumer.as_asgi()),
         ]

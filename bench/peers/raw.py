@@ -17,6 +17,9 @@ Routes (every peer serves the same ones, behind the same AuthMiddlewareStack):
                    no token / unknown token: close 4401
   ws/db/           "bump": read one row (``aget``) and write it (``asave``)
                    through the async ORM, reply with its new hit count
+  ws/dbslow/       "bump" with a 5 ms query between the read and the write
+                   (``benchapp.slow.slow_query``, a ``database_sync_to_async``
+                   ``SELECT pg_sleep(0.005)``)
   ws/echo-log/     echo that logs what chanx logs per frame: two INFO records
   ws/echo-log-nohop/  ("Received websocket message", "Sent websocket message")
                    with the same extra fields, on logger ``bench.raw``
@@ -26,6 +29,7 @@ import logging
 import uuid
 
 from benchapp.models import Row
+from benchapp.slow import slow_query
 from channels.auth import AuthMiddlewareStack
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -107,6 +111,18 @@ class DbConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content, **kwargs):
         if content.get("action") == "bump":
             row = await Row.objects.aget(pk=content["payload"]["id"])
+            row.hits += 1
+            await row.asave(update_fields=["hits"])
+            await self.send_json({"action": "bumped", "payload": {"id": row.pk, "hits": row.hits}})
+
+
+class DbSlowConsumer(AsyncJsonWebsocketConsumer):
+    """Read one row, a 5 ms query, write the row: three ORM calls per frame."""
+
+    async def receive_json(self, content, **kwargs):
+        if content.get("action") == "bump":
+            row = await Row.objects.aget(pk=content["payload"]["id"])
+            await slow_query()
             row.hits += 1
             await row.asave(update_fields=["hits"])
             await self.send_json({"action": "bumped", "payload": {"id": row.pk, "hits": row.hits}})
@@ -217,6 +233,7 @@ application = AuthMiddlewareStack(
             path("ws/chat/", ChatConsumer.as_asgi()),
             path("ws/auth/", TokenAuthConsumer.as_asgi()),
             path("ws/db/", DbConsumer.as_asgi()),
+            path("ws/dbslow/", DbSlowConsumer.as_asgi()),
             path("ws/echo-log/", EchoLogConsumer.as_asgi()),
             path("ws/echo-log-nohop/", EchoLogNoHopConsumer.as_asgi()),
         ]
