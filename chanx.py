@@ -1796,7 +1796,7 @@ class _OrmPool:
 
     def __init__(self, size: int | None) -> None:
         self.size, self.threads, self.free = size, list[_OrmThread](), list[_OrmThread]()
-        self.waiting: deque[tuple[_OrmUnit, Callable[[], Any], Future[Any]]] = deque()
+        self.waiting: deque[_OrmUnit] = deque()  # each with its calls, in order
         self.lock = threading.Lock()
 
     def submit(self, unit: _OrmUnit, fn: Callable[[], Any]) -> Future[Any]:
@@ -1811,7 +1811,9 @@ class _OrmPool:
                         self.threads.append(_OrmThread(f"chanx-orm-{len(self.threads)}"))
                     unit.thread = self.free.pop() if self.free else self.threads[-1]
                 else:
-                    self.waiting.append((unit, fn, future := Future[Any]()))
+                    if not unit.pending:
+                        self.waiting.append(unit)
+                    unit.pending = [*unit.pending, (fn, future := Future[Any]())]
                     return future
                 fn = functools.partial(_cleanly, fn)
             return unit.thread.submit(fn)  # type: ignore[no-any-return]
@@ -1820,19 +1822,20 @@ class _OrmPool:
         """``unit`` is done: its thread goes to the first unit waiting, else back."""
         with self.lock:
             unit._exited = True
-            for entry in [w for w in self.waiting if w[0] is unit]:  # cancelled while waiting
-                self.waiting.remove(entry)
-                entry[2].cancel()
+            if unit.pending:  # cancelled while it waited
+                self.waiting.remove(unit)
+                for _, future in unit.pending:
+                    future.cancel()
             thread, unit.thread = unit.thread, None
-            if self.size is None:
+            if thread is None or self.size is None:
                 return
-            while thread is not None and self.waiting:
-                waiter, fn, future = self.waiting.popleft()
-                if waiter.thread is None:
-                    waiter.thread, fn, thread = thread, functools.partial(_cleanly, fn), None
-                waiter.thread.calls.put((fn, future))
-            if thread is not None:
+            if not self.waiting:
                 self.free.append(thread)
+                return
+            waiter = self.waiting.popleft()
+            waiter.thread, calls, waiter.pending = thread, waiter.pending, ()
+            for i, (fn, future) in enumerate(calls):  # all it asked for meanwhile, in order
+                thread.calls.put((functools.partial(_cleanly, fn) if i == 0 else fn, future))
 
 
 _POOLS: dict[int | None, _OrmPool] = {}  # by size: a settings change strands no unit
@@ -1849,6 +1852,7 @@ class _OrmUnit(Executor):
 
     _exited = False  # what asgiref asks of a thread-sensitive context
     thread: Any = None
+    pending: Sequence[tuple[Callable[[], Any], Future[Any]]] = ()  # calls waiting for a thread
 
     def __init__(self, pool: _OrmPool | None) -> None:
         self.pool = pool

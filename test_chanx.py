@@ -55,6 +55,7 @@ import unittest
 import uuid
 import weakref
 import zipfile
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 from unittest import mock
@@ -69,7 +70,7 @@ from channels.auth import AuthMiddlewareStack
 from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from channels.routing import ProtocolTypeRouter, URLRouter
-from channels.security.websocket import OriginValidator
+from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator
 from channels.sessions import CookieMiddleware
 from channels.testing import WebsocketCommunicator as ChannelsCommunicator
 from django.conf import settings
@@ -941,17 +942,17 @@ def _reset_orm_thread() -> None:
 
 @pytest.fixture(autouse=True)
 def fresh_orm_thread() -> Any:
-    """Every test starts and ends with no database connection open on the thread
-    the ORM's async calls run on (asgiref's single thread for sync code). Otherwise
-    a test that touches the database leaves one behind: on the in-memory test
-    database it can never be closed, so chanx would see it obsolete before every
-    frame of every later test and hop to that thread each time (tests would run
-    the hop path or not depending on which tests ran before them); on PostgreSQL
-    it keeps the test database from being dropped at the end."""
-    orm_thread = SyncToAsync.single_thread_executor
-    orm_thread.submit(_reset_orm_thread).result(timeout=TIMEOUT)
+    """Every test starts and ends with no database connection open on the threads
+    the ORM's async calls run on: each thread of chanx's ORM pools and asgiref's
+    single thread (the test's own sync_to_async calls, and every ORM call under
+    ``ORM_THREADS=None``). Otherwise a test that touches the database leaves one
+    behind, which the next test's first unit on that thread finds (obsolete or
+    not, depending on which tests ran before); on the in-memory test database it
+    could never be closed; on PostgreSQL it keeps the test database from being
+    dropped at the end."""
+    chanx._close_orm_connections(_reset_orm_thread)
     yield
-    orm_thread.submit(_reset_orm_thread).result(timeout=TIMEOUT)
+    chanx._close_orm_connections(_reset_orm_thread)
 
 
 @pytest.fixture
@@ -1762,7 +1763,8 @@ async def test_no_frame_is_handled_after_the_server_closes(ws: Any) -> None:
 
 @pytest.fixture
 def close_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts chanx's hops to the ORM thread to close stale connections."""
+    """Each run of chanx's hygiene (close stale connections) and the thread it ran on:
+    the thread a unit takes, before the unit's first call there."""
     calls: list[int] = []
     original = chanx._close_old_connections
 
@@ -1817,7 +1819,7 @@ async def test_obsolete_connection_is_closed_before_the_next_handler(
     assert conn_after is conn
     assert raw_after is not raw_before  # the handler got a fresh connection
     assert created_connections == [conn]
-    assert close_calls == [conn._thread_ident]  # one hop, to the ORM's thread
+    assert close_calls == [conn._thread_ident]  # once, on the ORM's thread
 
 
 @db
@@ -1835,24 +1837,45 @@ async def test_errored_unusable_connection_is_closed_before_the_next_handler(
     raw_after, _ = await db_probe(communicator)
     assert raw_after is not raw_before
     assert created_connections == [conn]
-    assert close_calls == [conn._thread_ident]  # one hop, to the ORM's thread
+    assert close_calls == [conn._thread_ident]  # once, on the ORM's thread
 
 
+@pytest.mark.parametrize("orm_threads", [8, None], ids=["pool", "shared-thread"])
 @db
 async def test_healthy_connection_costs_no_thread_hop_per_frame(
-    ws: Any, monkeypatch: pytest.MonkeyPatch, close_calls: list[int], created_connections: Any
+    ws: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    close_calls: list[int],
+    created_connections: Any,
+    orm_threads: int | None,
 ) -> None:
-    communicator = await ws("/ws/db/")
-    raw_before, conn = await db_probe(communicator)
-    monkeypatch.setitem(conn.settings_dict, "CONN_MAX_AGE", None)  # persistent connections
-    for orm_conn in await sync_to_async(connections.all)(initialized_only=True):
-        monkeypatch.setattr(orm_conn, "close_at", None)  # the ORM thread's: all healthy
-    close_calls.clear()
-    created_connections.clear()
-    for _ in range(50):
-        raw, _ = await db_probe(communicator)
-        assert raw is raw_before
-    assert close_calls == []
+    """The hygiene runs once per frame, on the thread the frame takes (a pool's, or
+    asgiref's shared one under ORM_THREADS=None), inside the frame's first call:
+    the thread runs the handler's own calls and nothing more."""
+    submitted: list[Any] = []
+    submit = chanx._OrmPool.submit
+
+    def counting_submit(self: Any, unit: Any, fn: Any) -> Any:
+        submitted.append(unit)
+        return submit(self, unit, fn)
+
+    monkeypatch.setattr(chanx._OrmPool, "submit", counting_submit)
+    with override_settings(CHANX={"ORM_THREADS": orm_threads}):
+        communicator = await ws("/ws/db/")
+        raw_before, conn = await db_probe(communicator)
+        monkeypatch.setitem(conn.settings_dict, "CONN_MAX_AGE", None)  # persistent connections
+        monkeypatch.setattr(conn, "close_at", None)  # the ORM thread's: healthy
+        close_calls.clear()
+        created_connections.clear()
+        submitted.clear()
+        for _ in range(50):
+            raw, _ = await db_probe(communicator)
+            assert raw is raw_before
+    assert close_calls == [conn._thread_ident] * 50  # once a frame, on its thread...
+    assert len(submitted) == 2 * 50  # ...riding on the first of the handler's 2 calls
+    if orm_threads is None:  # asgiref's one thread
+        shared = SyncToAsync.single_thread_executor.submit(threading.get_ident)
+        assert conn._thread_ident == shared.result()
     assert created_connections == []
 
 
@@ -4903,6 +4926,7 @@ def test_chanx_2x_settings_are_accepted_with_their_meaning() -> None:
         assert [m for m in checks.run_checks() if m.id == "chanx.E001"] == []
 
 
+@override_settings(DEBUG=True)  # configuration details go to clients with DEBUG only
 @db
 async def test_a_bad_chanx_setting_fails_the_first_connection_with_the_checks_message() -> None:
     from django.core import checks
@@ -4915,6 +4939,7 @@ async def test_a_bad_chanx_setting_fails_the_first_connection_with_the_checks_me
         assert str(raised.value) == error.msg
 
 
+@override_settings(DEBUG=True)  # configuration details go to clients with DEBUG only
 @db
 async def test_groups_without_a_channel_layer_get_a_clear_frame() -> None:
     with override_settings(CHANNEL_LAYERS={}):
@@ -5024,7 +5049,8 @@ class PidConsumer(HoldConsumer):
 
 @pytest.fixture
 def hops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Each hop chanx makes to the ORM's thread to close stale connections."""
+    """Each run of chanx's hygiene (close stale connections), on the thread a unit
+    takes, before the unit's first call there: never a hop of its own."""
     calls: list[int] = []
     original = chanx._close_old_connections
 
@@ -5062,8 +5088,13 @@ async def pid_of(communicator: WebsocketCommunicator) -> Any:
     return reply["payload"]
 
 
+@pytest.mark.parametrize("orm_threads", [8, None], ids=["pool", "shared-thread"])
 @db
-async def test_db_hygiene_state_stays_flat_over_thousands_of_reconnects() -> None:
+async def test_db_hygiene_state_stays_flat_over_thousands_of_reconnects(
+    orm_threads: int | None,
+) -> None:
+    """Nothing chanx keeps grows with frames and reconnections: the pool's threads
+    and queue, asgiref's map of thread-sensitive contexts to executors."""
     created: list[Any] = []
 
     def count(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -5072,19 +5103,20 @@ async def test_db_hygiene_state_stays_flat_over_thousands_of_reconnects() -> Non
     connection_created.connect(count)
     try:
         async with conn_max_age(0):  # Django's default: a connection per frame
-            communicator = await connect(PidConsumer)
-            await pid_of(communicator)
-            watched = len(chanx._OrmThread.connections)
-            (wrapper,) = [c for c in chanx._OrmThread.connections if c.alias == "default"]
-            for _ in range(100_000):  # what every reconnection of the same wrapper signals
-                chanx._watch_connection(None, wrapper)
-            assert len(chanx._OrmThread.connections) == watched
-            for _ in range(300):  # real reconnections, where close() is real
+            with override_settings(CHANX={"ORM_THREADS": orm_threads}):
+                communicator = await connect(PidConsumer)
                 await pid_of(communicator)
-            if not in_memory_sqlite():
-                assert len(created) >= 300
-            assert len(chanx._OrmThread.connections) == watched
-            await communicator.disconnect()
+                orm_pool = chanx._orm_pool()
+                threads = list(orm_pool.threads)
+                contexts = len(SyncToAsync.context_to_thread_executor)
+                for _ in range(300):  # real reconnections, where close() is real
+                    await pid_of(communicator)
+                if not in_memory_sqlite():
+                    assert len(created) >= 300
+                assert orm_pool.threads == threads and len(threads) <= 1  # one at a time: one
+                assert orm_pool.free == threads and not orm_pool.waiting
+                assert len(SyncToAsync.context_to_thread_executor) == contexts
+                await communicator.disconnect()
     finally:
         connection_created.disconnect(count)
 
@@ -5118,7 +5150,7 @@ async def test_a_killed_postgres_backend_is_replaced_before_the_next_handler(
 
 
 @db
-async def test_conn_max_age_0_hops_after_each_frame_that_used_the_database_and_60_never(
+async def test_conn_max_age_0_closes_after_each_frame_that_used_the_database_and_60_never(
     hops: list[int],
 ) -> None:
     if in_memory_sqlite():
@@ -5135,60 +5167,49 @@ async def test_conn_max_age_0_hops_after_each_frame_that_used_the_database_and_6
         await pid_of(communicator)
         hops.clear()
         ids = [await pid_of(communicator) for _ in range(20)]
-        assert len(set(ids)) == 1 and hops == []  # persistent: no thread hop per frame
+        assert len(set(ids)) == 1  # persistent: kept...
+        assert len(hops) == 20 and len(set(hops)) == 1  # ...by one check a frame, on its thread
         await communicator.disconnect()
 
 
 @db
 def test_hygiene_spares_transactions_closes_errored_and_off_autocommit_connections() -> None:
+    """chanx's close_old_connections(): Django's, except that a connection inside a
+    transaction (in tests, the TestCase's) is never closed."""
     from django.db import transaction
 
-    chanx._close_old_connections()  # this thread is now the ORM's, as in a WebsocketTestCase
-    connection.ensure_connection()
-    connection.close_at, connection.health_check_done = time.monotonic() + 60, True
-    assert chanx._db_needs_cleanup() is False
-    assert connection.health_check_done is False  # reset, as close_old_connections does
-    connection.close_at = 0  # CONN_MAX_AGE elapsed...
+    conn = connections["default"]
+
+    def hygiene_closes() -> bool:
+        closes: list[Any] = []
+        close = conn.close
+        with mock.patch.object(conn, "close", lambda: (closes.append(1), close())):
+            chanx._close_old_connections()
+        return bool(closes)
+
+    conn.ensure_connection()
+    conn.close_at, conn.health_check_done = time.monotonic() + 60, True
+    assert hygiene_closes() is False
+    assert conn.health_check_done is False  # reset: the next query checks it
+    conn.close_at = 0  # CONN_MAX_AGE elapsed...
     with transaction.atomic():
-        assert chanx._db_needs_cleanup() is False  # ...but inside a transaction: spared
-        chanx._close_old_connections()
-        assert connection.connection is not None
-    assert chanx._db_needs_cleanup() is True
-    chanx._close_old_connections()
-    if not in_memory_sqlite():
-        assert connection.connection is None
-    connection.ensure_connection()
-    connection.close_at = None
-    connection.errors_occurred = True
-    assert chanx._db_needs_cleanup() is True
-    connection.errors_occurred = False
-    connection.set_autocommit(False)
-    assert chanx._db_needs_cleanup() is True
-    connection.set_autocommit(True)
-    assert chanx._db_needs_cleanup() is False
-
-
-@db
-def test_stale_connections_of_other_threads_cause_no_hop() -> None:
-    chanx._close_old_connections()  # this thread is the ORM's
-    connection.ensure_connection()
-    connection.close_at = None
-    failures: list[BaseException] = []
-
-    def elsewhere() -> None:  # a thread chanx never ran on (a request's, a worker's)
-        try:
-            connections["default"].ensure_connection()
-            connections["default"].close_at = 0
-            assert chanx._db_needs_cleanup() is False
-        except BaseException as exc:
-            failures.append(exc)
-        finally:
-            connections["default"].close()
-
-    thread = threading.Thread(target=elsewhere)
-    thread.start()
-    thread.join()
-    assert failures == [] and chanx._db_needs_cleanup() is False
+        assert hygiene_closes() is False  # ...but inside a transaction: spared
+    assert hygiene_closes() is True
+    conn.ensure_connection()
+    conn.close_at = None
+    conn.errors_occurred = True  # errored but usable: kept, errors cleared
+    assert hygiene_closes() is False and conn.errors_occurred is False
+    conn.errors_occurred = True
+    with mock.patch.object(conn, "is_usable", lambda: False):
+        assert hygiene_closes() is True  # errored and unusable: closed
+    conn.ensure_connection()
+    conn.close_at, conn.errors_occurred = None, False
+    conn.set_autocommit(False)
+    assert hygiene_closes() is True  # autocommit left off: closed
+    conn.ensure_connection()
+    conn.set_autocommit(True)
+    conn.close_at = None
+    assert hygiene_closes() is False
 
 
 def test_the_module_docstring_lists_the_sections_in_file_order() -> None:
@@ -5706,6 +5727,7 @@ class CovWrongKwarg(CovObjectConsumer):
     lookup_url_kwarg = "room"
 
 
+@override_settings(DEBUG=True)  # configuration details go to clients with DEBUG only
 @pytest.mark.parametrize(
     ("consumer", "route", "ws_path", "says"),
     [
@@ -5734,10 +5756,11 @@ async def test_a_queryset_on_a_route_without_its_kwarg_is_a_clear_500(
     detail = payload["data"]["detail"]
     assert detail.startswith("Server configuration error: ") and says in detail, detail
     assert "lookup_url_kwarg" in detail
-    (record,) = cov_messages(cov_log, "Websocket authentication failed")
+    (record,) = cov_messages(cov_log, "Websocket configuration error")
     assert record.exc_info is not None and record.exc_info[0] is ChanxConfigError
 
 
+@override_settings(DEBUG=True)  # configuration details go to clients with DEBUG only
 @cov_db
 async def test_a_queryset_error_names_the_consumer_it_was_set_on(cov_open: Any) -> None:
     communicator = await cov_open(cov_app(CovQuerysetNoKwarg), "/ws/", auth=False)
@@ -5852,8 +5875,9 @@ async def cov_db_frame(communicator: WebsocketCommunicator, what: str = "query")
 
 
 @pytest.fixture
-def cov_hops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Each time chanx runs close_old_connections (a hop to the ORM's thread)."""
+def cov_hops(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each time chanx runs close_old_connections: once per unit of work that uses the
+    ORM, on the thread it takes, inside its first call there (no hop of its own)."""
     calls: list[int] = []
     original = chanx._close_old_connections
 
@@ -5905,8 +5929,8 @@ async def test_health_checks_run_before_the_first_query_of_every_handler(
     cov_open: Any, cov_hops: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CONN_HEALTH_CHECKS: Django checks a persistent connection once per request;
-    chanx (no hop) marks it unchecked before each handler, so each handler's first
-    query checks it."""
+    chanx marks it unchecked before each handler (on its thread, inside its first
+    call), so each handler's first query checks it."""
     checks: list[int] = []
     wrapper_class = type(connections["default"])
     original = wrapper_class.is_usable
@@ -5924,8 +5948,8 @@ async def test_health_checks_run_before_the_first_query_of_every_handler(
             reply = await cov_db_frame(communicator)
             assert reply["connection"] == first["connection"]  # persistent
             assert len(checks) == before + n  # exactly one check per handler
-        assert len(cov_hops) == hops  # and no thread hop for it
-        assert len(set(checks)) == 1  # on the ORM's thread
+        assert len(cov_hops) == hops + 3  # the hygiene: once per handler...
+        assert len(set(checks)) == 1 and set(cov_hops[hops:]) == set(checks)  # ...its thread
 
 
 @cov_db
@@ -5939,12 +5963,13 @@ async def test_a_connection_with_errors_is_checked_before_the_next_handler(
         broken = await cov_db_frame(communicator, "break")
         assert broken["errors_at_end"] is True
         after = await cov_db_frame(communicator)
-        assert len(cov_hops) == hops + 1  # one hop, for the errored connection
+        assert len(cov_hops) == hops + 2  # the hygiene, once per handler, saw the errors
         assert after["connected_at_start"] is True
         assert after["errors_at_start"] is False  # Django found it usable: errors cleared
         assert after["connection"] == first["connection"]  # and kept it
-        await cov_db_frame(communicator)
-        assert len(cov_hops) == hops + 1  # healthy again: no more hops
+        healthy = await cov_db_frame(communicator)
+        assert healthy["connection"] == first["connection"] and healthy["errors_at_start"] is False
+        assert len(cov_hops) == hops + 3
 
 
 @cov_db
@@ -5976,7 +6001,7 @@ async def test_autocommit_left_off_by_a_handler_is_reset_before_the_next(
         left_off = await cov_db_frame(communicator, "autocommit_off")
         assert left_off["autocommit"] is False and left_off["connection"] == first["connection"]
         after = await cov_db_frame(communicator)
-        assert len(cov_hops) == hops + 1
+        assert len(cov_hops) == hops + 2  # once per handler
         assert after["connected_at_start"] is False  # closed before the handler ran
         assert after["autocommit"] is True and after["connection"] != first["connection"]
 
@@ -6153,6 +6178,7 @@ class CovNoLayerBuiltGroups(CovPing):
         return "cov-built"
 
 
+@override_settings(DEBUG=True)  # configuration details go to clients with DEBUG only
 @cov_db
 async def test_no_channel_layer_with_built_groups_is_a_clear_500(
     cov_open: Any, cov_log: Any
@@ -6166,7 +6192,7 @@ async def test_no_channel_layer_with_built_groups_is_a_clear_500(
         "Server configuration error: CovNoLayerBuiltGroups joins groups but no channel "
         "layer is configured; set CHANNEL_LAYERS in settings."
     )
-    (record,) = cov_messages(cov_log, "Websocket authentication failed")
+    (record,) = cov_messages(cov_log, "Websocket configuration error")
     assert record.exc_info is not None and record.exc_info[0] is ChanxConfigError
 
 
@@ -6893,3 +6919,1370 @@ class CovQueryStringTokenTests(WebsocketTestCase):
             if detail is not None:
                 assert frame["payload"]["data"]["detail"] == detail
             await other.assert_closed(chanx.CLOSE_UNAUTHORIZED, COV_TIMEOUT)
+
+
+# Review defects (issue 19) ###################################################
+
+# One test (or a few) per defect the review listed; each failed before its fix.
+# Communicators here have ``TIMEOUT`` defaults and are disconnected at the end of
+# the test (``OPENED``, see ``this_turns_state``).
+
+
+async def review_connect(consumer: type[Any], *, auth: bool = True, **kwargs: Any) -> Communicator:
+    """A communicator to ``consumer`` at ``/ws/``, connected (auth frame read when ``auth``)."""
+    communicator = Communicator(URLRouter([path("ws/", consumer.as_asgi())]), "/ws/", **kwargs)
+    OPENED.append(communicator)
+    connected, _ = await communicator.connect()
+    assert connected
+    if auth:
+        await communicator.assert_authenticated_status_ok()
+    return communicator
+
+
+def review_error(detail: str) -> dict[str, Any]:
+    return {"action": "error", "payload": {"detail": detail}}
+
+
+REVIEW_BUSY = "Too many messages in flight; wait for the replies."
+REVIEW_BINARY = "Binary frames are not supported; send JSON text."
+
+
+# 1. Refusals bounded: a run of refusals is one queue entry whatever the reasons
+
+
+@db
+async def test_alternating_refusals_behind_a_stuck_handler_keep_the_queue_bounded() -> None:
+    limit = 2
+    with override_settings(CHANX={"MAX_IN_FLIGHT_MESSAGES": limit, "BACKPRESSURE_TIMEOUT": 0.05}):
+        communicator = await review_connect(HoldConsumer)
+        consumer = await wait_for_consumer(communicator)
+        await communicator.send_message(Hold(payload=0))
+        await wait_event(GATE.entered)
+        await communicator.send_message(Hold(payload=1))  # the queue is full from here on
+        for n in range(30):  # two reasons, alternating: binary, then too many in flight
+            await communicator.send_to(bytes_data=b"\x00")
+            await communicator.send_message(Echo(payload=f"late-{n}"))
+        await wait_until(communicator.input_queue.empty, "every frame to be read")
+        items = list(consumer._frames.items)
+        assert len(items) <= 2 * limit + 1, items
+        GATE.release.set()
+        first = await receive_until(communicator, lambda f: f.get("payload") == 1)
+        assert first == [
+            {"action": "echo_back", "payload": 0},
+            {"action": "echo_back", "payload": 1},
+        ]
+        # Every refused frame is answered once, before the next accepted frame's answer.
+        barrier = {"action": "echo_back", "payload": "barrier"}
+        refusals = await frames_before(communicator, Echo(payload="barrier"), barrier)
+        assert all(set(frame) == {"action", "payload"} for frame in refusals), refusals
+        details = collections.Counter(frame["payload"]["detail"] for frame in refusals)
+        assert actions(refusals) == ["error"] * 60
+        assert details == {REVIEW_BINARY: 30, REVIEW_BUSY: 30}
+
+
+@db
+async def test_refusal_runs_are_answered_between_the_accepted_frames_they_came_between() -> None:
+    settings = {"MAX_IN_FLIGHT_MESSAGES": 2, "BACKPRESSURE_TIMEOUT": 0.05, "MAX_MESSAGE_SIZE": 64}
+    with override_settings(CHANX=settings):
+        communicator = await review_connect(HoldConsumer)
+        consumer = await wait_for_consumer(communicator)
+        await communicator.send_message(Hold(payload=0))
+        await wait_event(GATE.entered)
+        too_large = json.dumps({"action": "echo", "payload": "x" * 100})
+        for _ in range(20):  # run 1, with a slot still free: binary, too large
+            await communicator.send_to(bytes_data=b"\x00")
+            await communicator.send_to(text_data=too_large)
+        await communicator.send_message(Echo(payload="middle"))  # takes the last slot
+        for _ in range(20):  # run 2, the queue full: binary, too many in flight
+            await communicator.send_to(bytes_data=b"\x00")
+            await communicator.send_message(Echo(payload="late"))
+        await wait_until(communicator.input_queue.empty, "every frame to be read")
+        items = list(consumer._frames.items)
+        assert len(items) <= 5, items
+        GATE.release.set()
+        middle = {"action": "echo_back", "payload": "middle"}
+        head = await receive_until(communicator, lambda frame: frame == middle)
+        assert head[0] == {"action": "echo_back", "payload": 0}
+        run_1 = head[1:-1]
+        assert actions(run_1) == ["error"] * 40, run_1
+        assert collections.Counter(f["payload"]["detail"] for f in run_1) == {
+            REVIEW_BINARY: 20,
+            "Message too large; the limit is 64 bytes.": 20,
+        }
+        barrier = {"action": "echo_back", "payload": "barrier"}
+        run_2 = await frames_before(communicator, Echo(payload="barrier"), barrier)
+        assert actions(run_2) == ["error"] * 40, run_2
+        assert collections.Counter(f["payload"]["detail"] for f in run_2) == {
+            REVIEW_BINARY: 20,
+            REVIEW_BUSY: 20,
+        }
+
+
+# 2. One validation path: strict models get the same result on every wire
+
+
+class ReviewStrictPayload(BaseModel):
+    model_config = pydantic.ConfigDict(strict=True)
+    happened_at: datetime.datetime
+    uid: uuid.UUID
+
+
+class ReviewStrictStamp(BaseMessage):
+    model_config = pydantic.ConfigDict(strict=True)
+    action: Literal["review_stamp"] = "review_stamp"
+    payload: ReviewStrictPayload
+
+
+class ReviewStampReply(BaseMessage):
+    action: Literal["review_stamp_reply"] = "review_stamp_reply"
+    payload: str
+
+
+class ReviewStrictConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+
+    @ws_handler
+    async def stamp(self, message: ReviewStrictStamp) -> ReviewStampReply:
+        payload = message.payload
+        return ReviewStampReply(payload=f"{payload.happened_at.isoformat()} {payload.uid}")
+
+
+class ReviewStrictEvent(BaseChannelEvent):
+    model_config = pydantic.ConfigDict(strict=True)
+    action: Literal["review_strict_event"] = "review_strict_event"
+    payload: ReviewStrictPayload
+
+
+class ReviewStrictEventConsumer(AsyncJsonWebsocketConsumer[ReviewStrictEvent]):
+    permission_classes = [AllowAny]
+    groups = ["review-strict-events"]
+
+    @event_handler
+    async def seen(self, event: ReviewStrictEvent) -> ReviewStampReply:
+        payload = event.payload
+        return ReviewStampReply(payload=f"{payload.happened_at.isoformat()} {payload.uid}")
+
+
+REVIEW_UID = uuid.UUID("12345678-1234-5678-1234-567812345678")
+#: settings.CHANX, the action key and whether names are camelCase, per wire.
+REVIEW_WIRES: dict[str, tuple[dict[str, Any], str, bool]] = {
+    "plain": ({}, "action", False),
+    "camelize": ({"CAMELIZE": True}, "action", True),
+    "action key": ({"MESSAGE_ACTION_KEY": "type"}, "type", False),
+}
+
+
+@db
+async def test_a_strict_model_is_validated_from_json_with_or_without_ref_on_every_wire() -> None:
+    answers = {}
+    for wire, (chanx_settings_, key, camel) in REVIEW_WIRES.items():
+        for ref in (None, 7):
+            with override_settings(CHANX=chanx_settings_):
+                communicator = await review_connect(ReviewStrictConsumer)
+                name = "happenedAt" if camel else "happened_at"
+                frame: dict[str, Any] = {
+                    key: "review_stamp",
+                    "payload": {name: "2024-05-01T12:30:00Z", "uid": str(REVIEW_UID)},
+                }
+                if ref is not None:
+                    frame["ref"] = ref
+                await communicator.send_json_to(frame)
+                answers[wire, ref] = await communicator.receive_json_from()
+                await communicator.disconnect()
+    expected = f"2024-05-01T12:30:00+00:00 {REVIEW_UID}"
+    assert answers == {
+        (wire, ref): {
+            key: "review_stamp_reply",
+            "payload": expected,
+            **({} if ref is None else {"ref": ref}),
+        }
+        for wire, (_, key, _) in REVIEW_WIRES.items()
+        for ref in (None, 7)
+    }
+
+
+@db
+async def test_broadcast_event_of_a_strict_event_with_a_datetime_reaches_the_connection() -> None:
+    communicator = await review_connect(ReviewStrictEventConsumer)
+    at = datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.timezone.utc)
+    event = ReviewStrictEvent(payload=ReviewStrictPayload(happened_at=at, uid=REVIEW_UID))
+    await ReviewStrictEventConsumer.broadcast_event(event)  # raised InvalidEventError
+    assert await communicator.receive_json_from() == {
+        "action": "review_stamp_reply",
+        "payload": f"2024-05-01T12:30:00+00:00 {REVIEW_UID}",
+    }
+
+
+# 3. Events arrive once at a connection in several of the target groups
+
+
+class ReviewTwoGroupsConsumer(AsyncJsonWebsocketConsumer[Notice]):
+    permission_classes = [AllowAny]
+    groups = ["review-lobby", "review-everyone"]
+
+    @event_handler
+    async def notice(self, event: Notice) -> NoticeMessage:
+        return NoticeMessage(payload=event.payload)
+
+
+@db
+async def test_broadcast_event_reaches_a_connection_in_several_target_groups_once() -> None:
+    clients = [await review_connect(ReviewTwoGroupsConsumer) for _ in range(2)]
+    await ReviewTwoGroupsConsumer.broadcast_event(Notice(payload="one"))  # the class's groups
+    await ReviewTwoGroupsConsumer.broadcast_event(Notice(payload="one"))  # a second broadcast
+    await ReviewTwoGroupsConsumer.broadcast_event(
+        Notice(payload="two"), ["review-lobby", "review-everyone"]
+    )
+    await ReviewTwoGroupsConsumer.broadcast_event(Notice(payload="barrier"), "review-everyone")
+    barrier = {"action": "notice_sent", "payload": "barrier"}
+    for communicator in clients:
+        frames = await receive_until(communicator, lambda frame: frame == barrier)
+        assert [frame["payload"] for frame in frames] == ["one", "one", "two", "barrier"]
+
+
+# 4. Strict JSON out: inf and nan are null on every path
+
+
+class ReviewFloatIn(BaseMessage):
+    action: Literal["review_float"] = "review_float"
+    payload: float
+
+
+class ReviewFloatOut(BaseMessage):
+    action: Literal["review_float_out"] = "review_float_out"
+    payload: float
+
+
+class ReviewFloatJsonIn(BaseMessage):
+    action: Literal["review_float_json"] = "review_float_json"
+    payload: float
+
+
+class ReviewFloatGroupIn(BaseMessage):
+    action: Literal["review_float_group"] = "review_float_group"
+    payload: float
+
+
+class ReviewFloatRelayed(BaseGroupMessage):
+    action: Literal["review_float_relayed"] = "review_float_relayed"
+    payload: float
+
+
+class ReviewFloatConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+    groups = ["review-floats"]
+
+    @ws_handler
+    async def reply(self, message: ReviewFloatIn) -> ReviewFloatOut:
+        return ReviewFloatOut(payload=message.payload)
+
+    @ws_handler
+    async def as_json(self, message: ReviewFloatJsonIn) -> None:
+        await self.send_json({"action": "review_float_json_out", "payload": message.payload})
+
+    @ws_handler
+    async def to_group(self, message: ReviewFloatGroupIn) -> None:
+        relayed = ReviewFloatRelayed(payload=message.payload)
+        await self.send_group_message(relayed, exclude_current=False)
+
+
+def review_strict_json(text: str) -> Any:
+    """``text`` parsed as strict JSON: NaN, Infinity and -Infinity are errors."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not strict JSON ({constant}): {text[:300]}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+async def review_raw_text(communicator: WebsocketCommunicator) -> str:
+    """The text of the next frame as the application sent it (not decoded)."""
+    message = await asyncio.wait_for(communicator.output_queue.get(), TIMEOUT)
+    assert message["type"] == "websocket.send", message
+    return str(message["text"])
+
+
+async def review_non_finite_frames(sent: dict[str, str]) -> dict[Any, str]:
+    """Send each ``incoming`` action with inf, -inf and nan payloads on every wire, with
+    and without a ref; the frames that came back not strict JSON (the answer must be
+    the ``outgoing`` action with a null payload)."""
+    seen = {}
+    for wire, (chanx_settings_, key, _) in REVIEW_WIRES.items():
+        with override_settings(CHANX=chanx_settings_):
+            communicator = await review_connect(ReviewFloatConsumer)
+            for incoming, outgoing in sent.items():
+                for value in ("1e400", "-1e400", "NaN", "Infinity"):
+                    for ref in ("", ',"ref":"r1"'):
+                        await communicator.send_to(
+                            text_data=f'{{"{key}":"{incoming}","payload":{value}{ref}}}'
+                        )
+                        text = await review_raw_text(communicator)
+                        try:
+                            frame = review_strict_json(text)
+                        except ValueError as exc:
+                            seen[wire, incoming, value, ref] = str(exc)
+                            continue
+                        assert frame[key] == outgoing and frame["payload"] is None, frame
+            await communicator.disconnect()
+    return seen
+
+
+@db
+async def test_replies_and_group_frames_with_inf_or_nan_are_strict_json_on_every_wire() -> None:
+    sent = {
+        "review_float": "review_float_out",  # a handler's reply
+        "review_float_group": "review_float_relayed",  # a relayed group message
+    }
+    assert await review_non_finite_frames(sent) == {}
+
+
+@db
+async def test_send_json_writes_inf_and_nan_as_null_on_every_wire() -> None:
+    assert await review_non_finite_frames({"review_float_json": "review_float_json_out"}) == {}
+
+
+# 5. No client text in error frames: msg never echoes input, loc hides client keys
+
+
+class ReviewLeakPayload(BaseModel):
+    when: datetime.datetime
+    zone: zoneinfo.ZoneInfo
+    uid: uuid.UUID
+    scores: dict[str, int]
+    even: int
+
+    @pydantic.field_validator("even")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be an even number")
+        return value
+
+
+class ReviewLeakMessage(BaseMessage):
+    action: Literal["review_leak"] = "review_leak"
+    payload: ReviewLeakPayload
+
+
+class ReviewLeakConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+
+    @ws_handler
+    async def leak(self, message: ReviewLeakMessage) -> None:
+        raise AssertionError("never valid")
+
+
+class ReviewClosedPayload(BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    name: str
+
+
+class ReviewClosedMessage(BaseMessage):
+    action: Literal["review_closed"] = "review_closed"
+    payload: ReviewClosedPayload
+
+
+class ReviewClosedConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+
+    @ws_handler
+    async def closed(self, message: ReviewClosedMessage) -> None:
+        raise AssertionError("never valid")
+
+
+#: What the client writes, secret in every position, and what must not come back.
+REVIEW_CYRILLIC_KEY = "aСекретныйКлюч"  # noqa: RUF001 - a key in another script
+REVIEW_LEAK_PAYLOAD = {
+    "when": "2024-01-01T00:00:00<img src=x onerror=alert(1)>",
+    "zone": "Secret/Zone_hunter2",
+    "uid": "Ж" * 36,
+    "scores": {REVIEW_CYRILLIC_KEY: "notanint-sekrit1", "password_hunter2": "notanint-sekrit2"},
+    "even": 3,
+}
+REVIEW_SECRETS = ["<img", "onerror", "alert(1)", "Secret/", "hunter2", "Ж", "sekrit"]
+REVIEW_SECRETS += [REVIEW_CYRILLIC_KEY[1:]]  # the key without its Latin first letter
+
+
+def review_masked(loc: Any, fields: set[str]) -> list[Any]:
+    return [part if part in fields else "<key>" for part in loc]
+
+
+@db
+async def test_validation_errors_echo_no_client_text_in_msg_or_loc() -> None:
+    communicator = await review_connect(ReviewLeakConsumer)
+    await communicator.send_json_to({"action": "review_leak", "payload": REVIEW_LEAK_PAYLOAD})
+    frame = await communicator.receive_json_from()
+    assert frame["action"] == "error", frame
+    with pytest.raises(ValidationError) as raised:
+        ReviewLeakPayload.model_validate_json(json.dumps(REVIEW_LEAK_PAYLOAD))
+    fields = {"action", "payload", *ReviewLeakPayload.model_fields}
+    expected = [
+        (error["type"], ["payload", *review_masked(error["loc"], fields)])
+        for error in raised.value.errors()
+    ]
+    assert sorted((e["type"], e["loc"]) for e in frame["payload"]) == sorted(expected)
+    assert ["payload", "scores", "<key>"] in [e["loc"] for e in frame["payload"]]
+    for error in frame["payload"]:
+        leaked = [s for s in REVIEW_SECRETS if s in json.dumps(error, ensure_ascii=False)]
+        assert leaked == [], error
+
+
+@db
+async def test_an_unknown_key_of_a_closed_model_is_not_echoed_in_loc() -> None:
+    communicator = await review_connect(ReviewClosedConsumer)
+    payload = {"name": "n", "password_hunter2": 1}
+    await communicator.send_json_to({"action": "review_closed", "payload": payload})
+    frame = await communicator.receive_json_from()
+    assert frame["action"] == "error", frame
+    assert [(e["type"], e["loc"]) for e in frame["payload"]] == [
+        ("extra_forbidden", ["payload", "<key>"])
+    ]
+    assert "hunter2" not in json.dumps(frame)
+
+
+# 6. One group, two wire formats: each receiver gets its own consumer's format
+
+
+class ReviewUserPayload(BaseModel):
+    user_name: str
+
+
+class ReviewSendMixed(BaseMessage):
+    action: Literal["review_send_mixed"] = "review_send_mixed"
+    payload: ReviewUserPayload
+
+
+class ReviewMixedChat(BaseGroupMessage):
+    action: Literal["review_mixed_chat"] = "review_mixed_chat"
+    payload: ReviewUserPayload
+
+
+class ReviewSnakeRoomConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+    groups = ["review-mixed-room"]
+
+    @ws_handler
+    async def send_mixed(self, message: ReviewSendMixed) -> None:
+        await self.send_group_message(
+            ReviewMixedChat(payload=message.payload), exclude_current=False
+        )
+
+
+class ReviewCamelRoomConsumer(ReviewSnakeRoomConsumer):
+    camelize = True
+
+
+@db
+async def test_a_group_message_reaches_camel_and_snake_consumers_each_in_its_own_format() -> None:
+    camel = await review_connect(ReviewCamelRoomConsumer)
+    snake = await review_connect(ReviewSnakeRoomConsumer)
+
+    def camel_frame(name: str, current: bool) -> dict[str, Any]:
+        return {
+            "action": "review_mixed_chat",
+            "payload": {"userName": name},
+            "isMine": False,
+            "isCurrent": current,
+        }
+
+    def snake_frame(name: str, current: bool) -> dict[str, Any]:
+        return {
+            "action": "review_mixed_chat",
+            "payload": {"user_name": name},
+            "is_mine": False,
+            "is_current": current,
+        }
+
+    payload = {"userName": "from-camel"}
+    await camel.send_json_to({"action": "review_send_mixed", "payload": payload})
+    assert await camel.receive_json_from() == camel_frame("from-camel", True)
+    assert await snake.receive_json_from() == snake_frame("from-camel", False)
+    payload = {"user_name": "from-snake"}
+    await snake.send_json_to({"action": "review_send_mixed", "payload": payload})
+    assert await snake.receive_json_from() == snake_frame("from-snake", True)
+    assert await camel.receive_json_from() == camel_frame("from-snake", False)
+
+
+# 7. A bounded ref: a short string or a safe integer, else the frame is refused
+
+
+class ReviewRefConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+
+    @ws_handler
+    async def echo(self, message: Echo) -> EchoBack:
+        PROBE.calls.append(("review_echo", message.payload))
+        return EchoBack(payload=message.payload)
+
+
+REVIEW_BAD_REF = (
+    "ref must be a string of at most 128 characters or an integer between -2**53 and 2**53."
+)
+
+
+@db
+async def test_a_ref_that_is_not_a_short_string_or_a_safe_integer_refuses_the_frame() -> None:
+    good = ["r", "x" * 128, 0, 7, -7, 2**53, -(2**53)]
+    bad = ["x" * 129, "x" * (1 << 20), 1.5, 7.0, {"id": 1}, [1], True, False]
+    bad += [2**53 + 1, -(2**53) - 1, 2**60]
+    with override_settings(CHANX={"MAX_MESSAGE_SIZE": 4 << 20}):  # room for the 1 MB ref
+        communicator = await review_connect(ReviewRefConsumer)
+        answers = []
+        for n, ref in enumerate([*good, *bad]):
+            await communicator.send_json_to({"action": "echo", "payload": n, "ref": ref})
+            answers.append(await communicator.receive_json_from())
+        barrier = {"action": "echo_back", "payload": "barrier"}
+        assert await frames_before(communicator, Echo(payload="barrier"), barrier) == []
+    assert answers[: len(good)] == [
+        {"action": "echo_back", "payload": n, "ref": ref} for n, ref in enumerate(good)
+    ]
+    assert answers[len(good) :] == [review_error(REVIEW_BAD_REF)] * len(bad)
+    assert PROBE.values("review_echo") == [*range(len(good)), "barrier"]
+
+
+# 8. Class attributes changed after a first connection apply to the next one
+
+
+class ReviewPermissionConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+
+    @ws_handler
+    async def echo(self, message: Echo) -> EchoBack:
+        return EchoBack(payload=message.payload)
+
+
+class ReviewCompletionConsumer(ReviewPermissionConsumer):
+    pass
+
+
+@db
+async def test_permission_classes_patched_after_a_connection_apply_to_the_next() -> None:
+    await review_connect(ReviewPermissionConsumer)  # allowed; the class's values are read
+    with mock.patch.object(ReviewPermissionConsumer, "permission_classes", [IsAuthenticated]):
+        refused = await review_connect(ReviewPermissionConsumer, auth=False)
+        await assert_refused(refused, 401)
+    await review_connect(ReviewPermissionConsumer)  # the patch undone: allowed again
+
+
+@db
+async def test_send_completion_patched_after_a_connection_applies_to_the_next() -> None:
+    async def frames_for_two_echoes() -> list[Any]:
+        communicator = await review_connect(ReviewCompletionConsumer)
+        await communicator.send_message(Echo(payload=1))
+        await communicator.send_message(Echo(payload=2))
+        return await receive_until(communicator, lambda frame: frame.get("payload") == 2)
+
+    one, two = {"action": "echo_back", "payload": 1}, {"action": "echo_back", "payload": 2}
+    assert await frames_for_two_echoes() == [one, two]
+    with mock.patch.object(ReviewCompletionConsumer, "send_completion", True):
+        complete = {"action": "complete", "payload": None}
+        assert await frames_for_two_echoes() == [one, complete, two]
+    assert await frames_for_two_echoes() == [one, two]
+
+
+# 9. The origin checks: W001 finds what it missed, W002 for ALLOWED_HOSTS = ["*"]
+
+
+class ReviewWrappingMiddleware:
+    """A middleware that keeps its inner application under a name chanx does not know."""
+
+    def __init__(self, app: Any) -> None:
+        self.wrapped = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        return await self.wrapped(scope, receive, send)
+
+
+review_consumer_under_auth_app = ProtocolTypeRouter(
+    {"websocket": AuthMiddlewareStack(HoldConsumer.as_asgi())}
+)
+review_custom_middleware_app = ProtocolTypeRouter(
+    {"websocket": ReviewWrappingMiddleware(URLRouter([path("ws/", HoldConsumer.as_asgi())]))}
+)
+#: Built by the test under its ALLOWED_HOSTS: AllowedHostsOriginValidator reads them when
+#: it is made, as it does in an asgi.py.
+review_guarded_app: Any = None
+
+
+def review_guarded_application() -> Any:
+    return ProtocolTypeRouter(
+        {
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter([path("ws/", HoldConsumer.as_asgi())]))
+            )
+        }
+    )
+
+
+def review_check_ids(application: str, **settings_: Any) -> list[str]:
+    """The ids ``manage.py check`` reports with ``ASGI_APPLICATION`` = this module's one."""
+    with override_settings(ASGI_APPLICATION=f"{__name__}.{application}", **settings_):
+        return [message.id for message in checks.run_checks() if message.id]
+
+
+def test_origin_check_warns_for_a_consumer_directly_under_auth_middleware() -> None:
+    assert "chanx.W001" in review_check_ids("review_consumer_under_auth_app")
+
+
+def test_origin_check_warns_when_a_middleware_hides_its_inner_application() -> None:
+    assert "chanx.W001" in review_check_ids("review_custom_middleware_app")
+
+
+def test_origin_check_warns_when_the_allowed_hosts_validator_allows_every_host() -> None:
+    found = {}
+    for hosts in (["*"], ["chat.example.com"]):
+        with override_settings(ALLOWED_HOSTS=hosts):
+            app = review_guarded_application()
+            with mock.patch.object(sys.modules[__name__], "review_guarded_app", app):
+                ids = review_check_ids("review_guarded_app")
+        found[hosts[0]] = {"chanx.W001", "chanx.W002"} & set(ids)
+    assert found == {"*": {"chanx.W002"}, "chat.example.com": set()}
+
+
+# 10. A Host not in ALLOWED_HOSTS: 400 and Django's security log, never a 500
+
+
+@pytest.mark.parametrize("url", ["/asyncapi.json", "/playground/asyncapi.json"])
+def test_a_disallowed_host_gets_400_from_the_asyncapi_view(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without CommonMiddleware (which reads the Host first) the view is the first to read it.
+    middleware = [m for m in settings.MIDDLEWARE if not m.endswith(".CommonMiddleware")]
+    with override_settings(MIDDLEWARE=middleware, CHANX={"PLAYGROUND_ACCESS": "public"}):
+        assert Client().get(url, HTTP_HOST="testserver").status_code == 200  # the control
+        caplog.clear()
+        response = Client().get(url, HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    records = [r for r in caplog.records if r.name == "django.security.DisallowedHost"]
+    assert [r.levelno for r in records] == [logging.ERROR]
+    assert "evil.example" in records[0].getMessage()
+
+
+# 11. Configuration errors caught early: chanx.E002, and a log record that says so
+
+
+class ReviewGroupedConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+    groups = ["review-grouped"]
+
+    @ws_handler
+    async def echo(self, message: Echo) -> EchoBack:
+        return EchoBack(payload=message.payload)
+
+
+review_grouped_app = ProtocolTypeRouter(
+    {
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter([path("ws/grouped/", ReviewGroupedConsumer.as_asgi())]))
+        )
+    }
+)
+
+
+def test_check_reports_a_consumer_with_groups_and_no_channel_layer() -> None:
+    app = f"{__name__}.review_grouped_app"
+    with override_settings(ASGI_APPLICATION=app, CHANNEL_LAYERS={}):
+        errors = [m for m in checks.run_checks() if m.id == "chanx.E002"]
+    named = [m for m in errors if "ReviewGroupedConsumer" in f"{m.msg} {m.hint}"]
+    assert named, errors
+    assert all(m.level == checks.ERROR for m in named)
+    assert all("CHANNEL_LAYERS" in f"{m.msg} {m.hint}" for m in named)
+    with override_settings(ASGI_APPLICATION=app):  # a channel layer: no error
+        assert [m for m in checks.run_checks() if m.id == "chanx.E002"] == []
+
+
+@db
+async def test_a_configuration_error_at_connect_is_logged_as_one(chanx_caplog: Any) -> None:
+    with override_settings(CHANNEL_LAYERS={}):
+        communicator = await review_connect(ReviewGroupedConsumer, auth=False)
+        await assert_refused(communicator, 500)
+    logged = [r.getMessage() for r in chanx_caplog.records if r.name == "chanx"]
+    assert "Websocket configuration error" in logged, logged
+    assert "Websocket authentication failed" not in logged, logged
+
+
+# 12. No configuration details to clients unless DEBUG
+
+
+@db
+async def test_a_configuration_error_at_connect_is_detailed_to_the_client_only_in_debug() -> None:
+    details = {}
+    for debug in (False, True):
+        with override_settings(CHANNEL_LAYERS={}, DEBUG=debug):
+            communicator = await review_connect(ReviewGroupedConsumer, auth=False)
+            frame = await assert_refused(communicator, 500)
+            details[debug] = frame["payload"]["data"]["detail"]
+    assert details[False] == "Authentication failed because of a server error."
+    assert details[True].startswith("Server configuration error: ")
+
+
+###############################################################################
+# ORM thread pool (issue 20) ##################################################
+###############################################################################
+
+# ORM_THREADS (default 8): each unit of work (a handshake, a frame, a channel-layer
+# message, the disconnect hook) takes one pool thread at its first thread-sensitive
+# call (the async ORM, sync_to_async, Channels' database_sync_to_async) and keeps
+# it, alone, until it ends; ORM_THREADS=None gives back asgiref's one shared
+# thread. Every name of this section starts with pool_ / Pool / POOL_.
+
+
+class PoolState:
+    """What the pool consumers record and wait on: a fresh one per test (``pool``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []  # (tag, what, thread ident)
+        self.lock = threading.Lock()
+        self.barrier = threading.Barrier(1)  # set by a test that needs units to meet
+        self.tx_open = asyncio.Event()
+        self.tx_release = asyncio.Event()
+        self.held = asyncio.Event()  # a handler holds its thread across an await
+        self.release = asyncio.Event()
+        self.channel_names: list[str] = []
+        self.gathering = asyncio.Event()
+
+    def note(self, tag: str, what: str) -> None:
+        with self.lock:
+            self.calls.append((tag, what, threading.get_ident()))
+
+    def threads(self, tag: str) -> set[int]:
+        return {ident for t, _, ident in self.calls if t == tag}
+
+    def kinds(self, tag: str) -> set[str]:
+        return {what for t, what, _ in self.calls if t == tag}
+
+
+POOL = PoolState()
+
+
+@pytest.fixture
+def pool(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh ``POOL``. Every SQL statement whose parameters carry ``pool_tag(tag)``
+    is recorded as ("orm", its thread): the async ORM's thread is seen too. At the
+    end a handler still waiting on the test (a failed test) is let go."""
+    from django.db.backends.utils import CursorWrapper
+
+    global POOL
+    POOL = PoolState()
+    original = CursorWrapper.execute
+
+    def execute(self: Any, sql: Any, params: Any = None) -> Any:
+        for param in params or ():
+            if isinstance(param, str) and param.startswith("pool-tag:"):
+                POOL.note(param.removeprefix("pool-tag:"), "orm")
+        return original(self, sql, params)
+
+    monkeypatch.setattr(CursorWrapper, "execute", execute)
+    yield POOL
+    POOL.tx_release.set()
+    POOL.release.set()
+
+
+def pool_tag(tag: str) -> str:
+    return f"pool-tag:{tag}"
+
+
+def pool_note(tag: str, what: str) -> None:
+    POOL.note(tag, what)
+
+
+def pool_meet() -> None:
+    """Wait on the barrier: its parties' units each hold a thread at the same time
+    (a thread short, it breaks after ``TIMEOUT``)."""
+    POOL.barrier.wait()
+
+
+async def pool_async_note(tag: str) -> None:
+    await sync_to_async(pool_note)(tag, "nested")
+
+
+def pool_nested(tag: str) -> None:
+    """Sync code that calls async code that calls sync code (async_to_sync inside)."""
+    from asgiref.sync import async_to_sync
+
+    async_to_sync(pool_async_note)(tag)
+
+
+def pool_backend() -> dict[str, Any]:
+    """The database session of this thread: PostgreSQL's pid and the number of client
+    backends of the test database, else the number of the connect."""
+    conn = connections["default"]
+    with conn.cursor() as cursor:
+        if conn.vendor == "postgresql":
+            cursor.execute(
+                "SELECT pg_backend_pid(), (SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND backend_type = 'client backend')"
+            )
+            pid, backends = cursor.fetchone()
+        else:
+            cursor.execute("SELECT 1")
+            pid, backends = conn.chanx_test_serial, None
+    return {"pid": pid, "backends": backends, "thread": threading.get_ident()}
+
+
+def pool_transaction_state(tag: str) -> dict[str, Any]:
+    """On the handler's thread: whether it is inside a transaction, and which of the
+    pool-tx rows it sees."""
+    POOL.note(tag, "state")
+    seen = User.objects.filter(username__startswith="pool-tx-").values_list("username", flat=True)
+    return {"in_atomic_block": connection.in_atomic_block, "sees": sorted(seen)}
+
+
+def pool_usernames() -> list[str]:
+    return sorted(
+        User.objects.filter(username__startswith="pool-").values_list("username", flat=True)
+    )
+
+
+class PoolWorkPayload(BaseModel):
+    tag: str
+    seq: int = 0
+    meet: bool = False  # wait on POOL.barrier once the unit holds a thread
+    delay_ms: int = 0
+
+
+class PoolWork(BaseMessage):
+    action: Literal["pool_work"] = "pool_work"
+    payload: PoolWorkPayload
+
+
+class PoolTxPayload(BaseModel):
+    rollback: bool = False
+    write_early: bool = True  # a write before the await (SQLite then locks other writers)
+
+
+class PoolTx(BaseMessage):
+    action: Literal["pool_tx"] = "pool_tx"
+    payload: PoolTxPayload
+
+
+class PoolWrite(BaseMessage):
+    action: Literal["pool_write"] = "pool_write"
+    payload: str
+
+
+class PoolPid(BaseMessage):
+    action: Literal["pool_pid"] = "pool_pid"
+    payload: PoolWorkPayload
+
+
+class PoolHold(BaseMessage):
+    action: Literal["pool_hold"] = "pool_hold"
+    payload: str
+
+
+class PoolGather(BaseMessage):
+    action: Literal["pool_gather"] = "pool_gather"
+    payload: str
+
+
+class PoolDone(BaseMessage):
+    action: Literal["pool_done"] = "pool_done"
+    payload: Any = None
+
+
+class PoolRollback(Exception):
+    """Raised inside the transaction to roll it back."""
+
+
+class PoolConsumer(AsyncJsonWebsocketConsumer):
+    permission_classes = [AllowAny]
+
+    @ws_handler
+    async def ping(self, message: PingMessage) -> PongMessage:
+        return PongMessage()  # no thread-sensitive call
+
+    @ws_handler
+    async def pool_work(self, message: PoolWork) -> PoolDone:
+        """Every kind of thread-sensitive call a handler (user code) makes."""
+        from channels.db import database_sync_to_async
+
+        work = message.payload
+        await User.objects.filter(username=pool_tag(work.tag)).aexists()  # the async ORM
+        await sync_to_async(pool_note)(work.tag, "sync_to_async")
+        if work.meet:
+            await sync_to_async(pool_meet)()
+        await database_sync_to_async(pool_note)(work.tag, "database_sync_to_async")
+        await asyncio.gather(
+            sync_to_async(pool_note)(work.tag, "gathered"),
+            database_sync_to_async(pool_note)(work.tag, "gathered"),
+        )
+        await sync_to_async(pool_nested)(work.tag)
+        if work.delay_ms:
+            await sync_to_async(time.sleep)(work.delay_ms / 1000)
+        await User.objects.filter(username=pool_tag(work.tag)).aexists()  # after it all
+        return PoolDone(payload=work.seq)
+
+    @ws_handler
+    async def pool_pid(self, message: PoolPid) -> PoolDone:
+        """One async ORM query, then the session and thread it ran on."""
+        work = message.payload
+        await User.objects.filter(username=pool_tag(work.tag)).aexists()
+        if work.meet:
+            await sync_to_async(pool_meet)()
+        backend = await sync_to_async(pool_backend)()
+        return PoolDone(payload=backend)
+
+    @ws_handler
+    async def pool_tx(self, message: PoolTx) -> PoolDone:
+        """A transaction held across awaits: the test decides when it goes on."""
+        from django.db import transaction
+
+        atomic = transaction.atomic()
+        await sync_to_async(atomic.__enter__)()
+        try:
+            await sync_to_async(pool_note)("tx", "entered")
+            if message.payload.write_early:
+                await User.objects.acreate(username="pool-tx-1")
+            POOL.tx_open.set()
+            await POOL.tx_release.wait()  # another connection's frame runs meanwhile
+            await User.objects.acreate(username="pool-tx-2")
+            await User.objects.acreate(username="pool-tx-3")
+            inside = await sync_to_async(pool_transaction_state)("tx")
+            if message.payload.rollback:
+                raise PoolRollback
+        except BaseException as exc:
+            await sync_to_async(atomic.__exit__)(type(exc), exc, exc.__traceback__)
+            if isinstance(exc, PoolRollback):
+                return PoolDone(payload=inside)
+            raise
+        await sync_to_async(atomic.__exit__)(None, None, None)
+        return PoolDone(payload=inside)
+
+    @ws_handler
+    async def pool_write(self, message: PoolWrite) -> PoolDone:
+        await User.objects.acreate(username=message.payload)
+        return PoolDone(payload=await sync_to_async(pool_transaction_state)("other"))
+
+    @ws_handler
+    async def pool_hold(self, message: PoolHold) -> PoolDone:
+        """Take a thread, then hold it across an await until the test releases it."""
+        await sync_to_async(pool_note)(message.payload, "held")
+        POOL.held.set()
+        await POOL.release.wait()
+        return PoolDone(payload=message.payload)
+
+    @ws_handler
+    async def pool_gather(self, message: PoolGather) -> PoolDone:
+        """Two thread-sensitive calls at once, before the unit holds a thread."""
+        POOL.gathering.set()
+        await asyncio.gather(
+            sync_to_async(pool_note)(message.payload, "first"),
+            sync_to_async(pool_note)(message.payload, "second"),
+        )
+        return PoolDone(payload=message.payload)
+
+
+async def pool_open(count: int = 1) -> list[WebsocketCommunicator]:
+    """``count`` connected ``PoolConsumer`` communicators, disconnected when the test ends."""
+    communicators = [opened(PoolConsumer) for _ in range(count)]
+    connected = await asyncio.gather(*(c.connect(timeout=TIMEOUT) for c in communicators))
+    assert all(ok for ok, _ in connected)
+    for communicator in communicators:
+        await communicator.assert_authenticated_status_ok(timeout=TIMEOUT)
+    return communicators
+
+
+async def pool_reply(communicator: WebsocketCommunicator) -> Any:
+    reply = await communicator.receive_json_from(timeout=TIMEOUT)
+    assert reply["action"] == "pool_done", reply
+    return reply["payload"]
+
+
+async def pool_pid_of(communicator: WebsocketCommunicator, tag: str = "pid") -> dict[str, Any]:
+    await communicator.send_message(PoolPid(payload=PoolWorkPayload(tag=tag)))
+    reply: dict[str, Any] = await pool_reply(communicator)
+    return reply
+
+
+def pool_shared_thread() -> int:
+    """asgiref's one thread for thread-sensitive code (Channels' ORM thread)."""
+    return SyncToAsync.single_thread_executor.submit(threading.get_ident).result(TIMEOUT)
+
+
+@contextlib.contextmanager
+def pool_connects() -> Any:
+    """Every connect (Django's connection_created) in the block: (thread, wrapper)."""
+    created: list[tuple[int, Any]] = []
+
+    def receiver(sender: Any, connection: Any, **kwargs: Any) -> None:
+        created.append((threading.get_ident(), connection))
+
+    connection_created.connect(receiver)
+    try:
+        yield created
+    finally:
+        connection_created.disconnect(receiver)
+
+
+POOL_CALL_KINDS = {"orm", "sync_to_async", "database_sync_to_async", "gathered", "nested"}
+
+
+@db
+async def test_pool_a_frames_thread_sensitive_calls_all_run_on_one_thread(pool: PoolState) -> None:
+    """The async ORM, sync_to_async, database_sync_to_async, calls gathered in the
+    handler and sync code nested through async_to_sync: one thread for the frame,
+    one of the pool's (not asgiref's shared one)."""
+    assert chanx.chanx_settings.ORM_THREADS == 8  # the default
+    (communicator,) = await pool_open()
+    for seq in range(3):
+        await communicator.send_message(PoolWork(payload=PoolWorkPayload(tag=f"f{seq}", seq=seq)))
+        assert await pool_reply(communicator) == seq
+    shared = pool_shared_thread()
+    for seq in range(3):
+        assert pool.kinds(f"f{seq}") == POOL_CALL_KINDS
+        (thread,) = pool.threads(f"f{seq}")  # one thread for every call of the frame
+        assert thread != shared
+        assert thread in {t.ident for t in threading.enumerate() if t.name.startswith("chanx-orm")}
+
+
+@db
+async def test_pool_concurrent_frames_of_different_connections_run_on_different_threads(
+    pool: PoolState,
+) -> None:
+    """Three connections' frames meet on a barrier inside their sync work: each unit
+    holds a thread of its own at the same time (one shared thread would never let
+    the second reach the barrier: it breaks after TIMEOUT and the frames fail)."""
+    clients = 3
+    pool.barrier = threading.Barrier(clients, timeout=TIMEOUT)
+    communicators = await pool_open(clients)
+    for n, communicator in enumerate(communicators):
+        await communicator.send_message(PoolWork(payload=PoolWorkPayload(tag=f"c{n}", meet=True)))
+    assert [await pool_reply(c) for c in communicators] == [0] * clients
+    threads = [pool.threads(f"c{n}") for n in range(clients)]
+    assert all(len(each) == 1 for each in threads), threads  # one thread per frame...
+    assert len(set.union(*threads)) == clients  # ...and a different one per connection
+
+
+@db
+async def test_pool_each_connections_frames_stay_in_order_under_parallel_db_work(
+    pool: PoolState,
+) -> None:
+    """Six connections pipeline ten frames each. Every handler does database work,
+    the earlier frames for longer (had a connection's frames run concurrently, later
+    ones would overtake); the first frame of each connection meets the others' on a
+    barrier, so the six connections' database work does run in parallel."""
+    clients, frames = 6, 10
+    pool.barrier = threading.Barrier(clients, timeout=TIMEOUT)
+    communicators = await pool_open(clients)
+    for seq in range(frames):
+        for n, communicator in enumerate(communicators):
+            work = PoolWorkPayload(tag=f"{n}-{seq}", seq=seq, meet=seq == 0, delay_ms=frames - seq)
+            await communicator.send_message(PoolWork(payload=work))
+
+    async def replies(communicator: WebsocketCommunicator) -> list[Any]:
+        return [await pool_reply(communicator) for _ in range(frames)]
+
+    answered = await asyncio.gather(*(replies(c) for c in communicators))
+    assert answered == [list(range(frames))] * clients
+    for n, seq in itertools.product(range(clients), range(frames)):
+        assert len(pool.threads(f"{n}-{seq}")) == 1  # and each frame on one thread
+
+
+@pytest.mark.parametrize("rollback", [False, True], ids=["commit", "rollback"])
+@db
+async def test_pool_a_transaction_across_awaits_is_the_frames_alone(
+    pool: PoolState, rollback: bool
+) -> None:
+    """A handler enters transaction.atomic, writes with the async ORM, awaits an
+    event the test controls, writes again, then commits or rolls back. Another
+    connection's write made while the transaction is open runs on another thread,
+    outside it: not in it, not seeing its rows, and kept when it rolls back. (On
+    Channels' one shared thread it would land inside the open transaction.)
+
+    SQLite allows one writer at a time: there the transaction writes only after the
+    await (a deferred BEGIN takes no lock), else the other write would wait for the
+    lock until the transaction ends, which waits for that write."""
+    postgres = connection.vendor == "postgresql"
+    holder, other = await pool_open(2)
+    await holder.send_message(
+        PoolTx(payload=PoolTxPayload(rollback=rollback, write_early=postgres))
+    )
+    await wait_event(pool.tx_open)
+    await other.send_message(PoolWrite(payload="pool-other"))
+    outside = await pool_reply(other)  # done while the transaction is open
+    assert outside == {"in_atomic_block": False, "sees": []}
+    pool.tx_release.set()
+    inside = await pool_reply(holder)
+    written = ["pool-tx-1", "pool-tx-2", "pool-tx-3"] if postgres else ["pool-tx-2", "pool-tx-3"]
+    assert inside == {"in_atomic_block": True, "sees": written}
+    assert await sync_to_async(pool_usernames)() == (
+        ["pool-other"] if rollback else ["pool-other", *written]
+    )
+    (tx_thread,) = pool.threads("tx")  # every call of the transaction on one thread
+    (other_thread,) = pool.threads("other")
+    assert tx_thread != other_thread
+
+
+@db
+async def test_pool_bounds_threads_and_database_connections_under_200_connections(
+    pool: PoolState,
+) -> None:
+    """ORM_THREADS=4 and 200 connections each sending a frame that uses the database
+    at once: the frames go through at most 4 threads and 4 database connections
+    (persistent here, CONN_MAX_AGE=60, so each thread keeps its own: each frame
+    reports its session's pid and, on PostgreSQL, how many client sessions the test
+    database has while 4 frames hold their threads on a barrier)."""
+    size, clients = 4, 200
+    pool.barrier = threading.Barrier(size, timeout=TIMEOUT)  # 4 at a time, 50 times
+    with override_settings(CHANX={"ORM_THREADS": size}):
+        async with conn_max_age(60):
+            before = await sync_to_async(pool_backend)()  # asgiref's thread's session
+            communicators = await pool_open(clients)
+            with pool_connects() as created:
+                for n, communicator in enumerate(communicators):
+                    work = PoolWorkPayload(tag=str(n), meet=True)
+                    await communicator.send_message(PoolPid(payload=work))
+                backends = await asyncio.gather(*(pool_reply(c) for c in communicators))
+            orm_pool = chanx._orm_pool()
+            assert len(orm_pool.threads) == size
+    assert len({b["thread"] for b in backends}) == size  # the barrier needs all 4
+    assert len({b["pid"] for b in backends}) <= size
+    assert len(created) <= size and len({id(conn) for _, conn in created}) <= size
+    if before["backends"] is not None:  # PostgreSQL: the server's own count
+        assert max(b["backends"] for b in backends) <= before["backends"] + size
+
+
+@pytest.mark.parametrize(
+    ("age", "health_checks"),
+    [(0, False), (60, True), (60, False)],
+    ids=["max-age-0", "max-age-60-health-checks", "max-age-60"],
+)
+@db
+async def test_pool_a_killed_backend_on_a_pool_thread_is_replaced(
+    pool: PoolState, age: int, health_checks: bool
+) -> None:
+    """pg_terminate_backend on the session of the pool's only thread (ORM_THREADS=1:
+    every unit takes that thread). At CONN_MAX_AGE=0, or with health checks, the
+    next frame gets a fresh session; with neither, the frame that hits the dead
+    session fails (an error frame) and the next one gets a fresh session."""
+    if connection.vendor != "postgresql":
+        pytest.skip("database: needs PostgreSQL (DATABASE_URL=postgres://...)")
+
+    def terminate(pid: int) -> None:
+        with connections["default"].cursor() as cursor:  # this thread's own session
+            cursor.execute("SELECT pg_terminate_backend(%s, %s)", [pid, int(TIMEOUT * 1000)])
+            assert cursor.fetchone()[0] is True  # and its process has exited
+        connections["default"].close()
+
+    with override_settings(CHANX={"ORM_THREADS": 1}):
+        async with conn_max_age(age, health_checks):
+            (communicator,) = await pool_open()
+            first = await pool_pid_of(communicator)
+            await sync_to_async(terminate, thread_sensitive=False)(first["pid"])
+            if age and not health_checks:
+                await communicator.send_message(PoolPid(payload=PoolWorkPayload(tag="dead")))
+                failed = await communicator.receive_json_from(timeout=TIMEOUT)
+                assert failed["action"] == "error", failed
+            second = await pool_pid_of(communicator)
+            assert second["pid"] != first["pid"] and second["thread"] == first["thread"]
+            third = await pool_pid_of(communicator)
+            assert (third["pid"] == second["pid"]) if age else (third["pid"] != second["pid"])
+            await communicator.disconnect()
+
+
+@db
+async def test_pool_orm_threads_none_runs_every_call_on_asgirefs_one_thread(
+    pool: PoolState,
+) -> None:
+    """ORM_THREADS=None: Channels' behaviour, every thread-sensitive call of every
+    connection on asgiref's one shared thread."""
+    with override_settings(CHANX={"ORM_THREADS": None}):
+        assert chanx._orm_pool().size is None
+        communicators = await pool_open(2)
+        for seq in range(2):
+            for n, communicator in enumerate(communicators):
+                work = PoolWorkPayload(tag=f"{n}-{seq}", seq=seq)
+                await communicator.send_message(PoolWork(payload=work))
+                assert await pool_reply(communicator) == seq
+    assert {ident for _, _, ident in pool.calls} == {pool_shared_thread()}
+    assert {what for _, what, _ in pool.calls} == POOL_CALL_KINDS
+
+
+@db
+async def test_pool_conn_max_age_0_connects_once_per_frame_that_uses_the_database(
+    pool: PoolState,
+) -> None:
+    """Under Django's default CONN_MAX_AGE=0 a frame's connection is obsolete as soon
+    as it is made: the next unit that takes that thread closes it before its first
+    call and connects anew. So there is one connect (Django's connection_created)
+    per frame that uses the database, as one per HTTP request: here 2 connections x
+    20 frames = 40, and as many again for frames whose handler also calls Channels'
+    database_sync_to_async (4 times: it closes nothing on a pool thread, the unit
+    did). Yet they all go through one or two connection *wrappers* (Django's
+    per-thread DatabaseWrapper, one per pool thread the frames took): a count of
+    wrappers (or threads) is not a count of connects. That is how a trace saw "200
+    frames use 2 connections" while the benchmark's connection_created counter saw
+    a reconnect per frame; both were right."""
+    if in_memory_sqlite():
+        pytest.skip(
+            "database: in-memory SQLite ignores close(); CI runs it on a file and PostgreSQL"
+        )
+    frames = 20
+    async with conn_max_age(0):
+        communicators = await pool_open(2)
+        with pool_connects() as created:
+            backends = [
+                await pool_pid_of(communicator, tag=f"{n}-{seq}")
+                for seq in range(frames)
+                for n, communicator in enumerate(communicators)
+            ]
+        assert len(created) == 2 * frames  # one connect per frame
+        assert len({b["pid"] for b in backends}) == 2 * frames  # each its own session
+        wrappers = {id(conn) for _, conn in created}
+        assert len(wrappers) == len({b["thread"] for b in backends})  # one per thread used
+        with pool_connects() as created:
+            for seq in range(frames):
+                for n, communicator in enumerate(communicators):
+                    work = PoolWorkPayload(tag=f"work-{n}-{seq}", seq=seq)
+                    await communicator.send_message(PoolWork(payload=work))
+                    assert await pool_reply(communicator) == seq
+        assert len(created) == 2 * frames  # database_sync_to_async: no connect of its own
+        await asyncio.gather(*(c.disconnect() for c in communicators))
+
+
+@db
+async def test_pool_a_unit_without_thread_sensitive_calls_takes_no_thread(
+    pool: PoolState,
+) -> None:
+    """While a frame holds the only thread (ORM_THREADS=1) across an await, another
+    connection's frame without thread-sensitive calls is answered: it takes no
+    thread. A frame that does need one waits, and runs on it once it is released."""
+    with override_settings(CHANX={"ORM_THREADS": 1}):
+        holder, other = await pool_open(2)
+        await holder.send_message(PoolHold(payload="held"))
+        await wait_event(pool.held)
+        await other.send_message(PingMessage())
+        assert (await other.receive_json_from(timeout=TIMEOUT))["action"] == "pong"
+        await other.send_message(PoolPid(payload=PoolWorkPayload(tag="waits")))
+        await loop_turns()
+        assert pool.kinds("waits") == set()  # its ORM call waits for the thread
+        pool.release.set()
+        assert await pool_reply(holder) == "held"
+        backend = await pool_reply(other)
+        assert backend["thread"] == pool.threads("held").pop()
+
+
+@db
+async def test_pool_a_handler_that_gathers_its_first_calls_while_the_pool_is_full(
+    pool: PoolState,
+) -> None:
+    """A handler whose first thread-sensitive calls are made at once (asyncio.gather)
+    while every thread is held: both wait, and both run once a thread is free."""
+    with override_settings(CHANX={"ORM_THREADS": 1, "DRAIN_TIMEOUT": 0.01}):
+        holder, other = await pool_open(2)
+        try:
+            await holder.send_message(PoolHold(payload="held"))
+            await wait_event(pool.held)
+            await other.send_message(PoolGather(payload="gathered"))
+            await wait_event(pool.gathering)
+            await loop_turns()  # both calls are made, and wait for the thread
+            pool.release.set()
+            assert await pool_reply(holder) == "held"
+            assert await pool_reply(other) == "gathered"
+            assert pool.kinds("gathered") == {"first", "second"}
+            assert pool.threads("gathered") == pool.threads("held")
+        finally:  # a hung handler is cancelled at once (DRAIN_TIMEOUT)
+            await asyncio.gather(*(c.disconnect(timeout=TIMEOUT) for c in (holder, other)))
+
+
+class PoolEvent(BaseChannelEvent):
+    action: Literal["pool_event"] = "pool_event"
+    payload: str
+
+
+async def pool_unit_work(tag: str) -> None:
+    from channels.db import database_sync_to_async
+
+    await User.objects.filter(username=pool_tag(tag)).aexists()
+    await sync_to_async(pool_note)(tag, "sync_to_async")
+    await database_sync_to_async(pool_note)(tag, "database_sync_to_async")
+
+
+class PoolHooksConsumer(AsyncJsonWebsocketConsumer[PoolEvent]):
+    """The other units: the handshake, a channel-layer event, the disconnect hook."""
+
+    permission_classes = [AllowAny]
+
+    async def post_authentication(self) -> None:
+        await pool_unit_work("handshake")
+        POOL.channel_names.append(self.channel_name)
+
+    @event_handler
+    async def pool_event(self, event: PoolEvent) -> PoolDone:
+        await pool_unit_work(event.payload)
+        return PoolDone(payload=event.payload)
+
+    async def disconnect(self, code: int) -> None:
+        await pool_unit_work("disconnect")
+
+
+@db
+async def test_pool_handshake_events_and_disconnect_are_units_of_their_own(
+    pool: PoolState,
+) -> None:
+    """post_authentication, each channel-layer event and disconnect() each run their
+    thread-sensitive calls on one thread of the pool."""
+    communicator = opened(PoolHooksConsumer)
+    assert (await communicator.connect(timeout=TIMEOUT))[0]
+    await communicator.assert_authenticated_status_ok(timeout=TIMEOUT)
+    (channel_name,) = pool.channel_names
+    for tag in ("event-1", "event-2"):
+        await PoolHooksConsumer.send_event(PoolEvent(payload=tag), channel_name)
+        assert await pool_reply(communicator) == tag
+    await communicator.disconnect(timeout=TIMEOUT)
+    pool_threads = {t.ident for t in threading.enumerate() if t.name.startswith("chanx-orm")}
+    for tag in ("handshake", "event-1", "event-2", "disconnect"):
+        assert pool.kinds(tag) == {"orm", "sync_to_async", "database_sync_to_async"}, tag
+        (thread,) = pool.threads(tag)
+        assert thread in pool_threads, tag
+
+
+class PoolWebsocketTestCaseTests(WebsocketTestCase):
+    """In a django TestCase asgiref's CurrentThreadExecutor wins over the pool: every
+    thread-sensitive call of the consumer runs on the test's thread, on its
+    connection, inside its transaction (the pool is not used)."""
+
+    application = URLRouter([path("ws/", PoolConsumer.as_asgi())])
+    ws_path = "/ws/"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.thread = threading.get_ident()
+        self.backend = pool_backend()
+
+    async def test_frames_run_on_the_tests_thread_and_connection(self) -> None:
+        communicator = self.auth_communicator
+        await communicator.connect(TIMEOUT)
+        await communicator.assert_authenticated_status_ok(TIMEOUT)
+        await communicator.send_message(PoolPid(payload=PoolWorkPayload(tag="tc")))
+        backend = await pool_reply(communicator)
+        assert (backend["pid"], backend["thread"]) == (self.backend["pid"], self.thread)
+        await communicator.send_message(PoolWrite(payload="pool-tc"))
+        assert (await pool_reply(communicator))["in_atomic_block"] is True  # the test's
+        assert await sync_to_async(pool_usernames)() == ["pool-tc"]
+        await communicator.disconnect()
+
+
+@db
+async def test_pool_a_frame_cancelled_while_waiting_for_a_thread_leaves_no_trace(
+    pool: PoolState,
+) -> None:
+    """A frame waiting for the only thread (ORM_THREADS=1) whose connection closes
+    is cancelled: it leaves the queue, never runs, and the thread, once released,
+    serves the next unit."""
+    with override_settings(CHANX={"ORM_THREADS": 1, "DRAIN_TIMEOUT": 0.01}):
+        holder, leaver, later = await pool_open(3)
+        orm_pool = chanx._orm_pool()
+        await holder.send_message(PoolHold(payload="held"))
+        await wait_event(pool.held)
+        await leaver.send_message(PoolPid(payload=PoolWorkPayload(tag="cancelled")))
+        await wait_until(lambda: orm_pool.waiting, "the frame to wait for the thread")
+        await leaver.disconnect(timeout=TIMEOUT)
+        assert not orm_pool.waiting
+        pool.release.set()
+        assert await pool_reply(holder) == "held"
+        backend = await pool_pid_of(later)
+        assert {backend["thread"]} == pool.threads("held")  # the only thread
+        assert pool.kinds("cancelled") == set()  # never ran
+        assert orm_pool.free == orm_pool.threads and not orm_pool.waiting
