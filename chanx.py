@@ -1068,7 +1068,8 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
         return f"{self._conn_id}:{self._frame_seq}"
 
     async def websocket_disconnect(self, message: ASGIMessage) -> None:
-        """Cancel and await every task of the connection, leave groups, call ``disconnect``."""
+        """Stop the connection's tasks (a running handler may finish), leave groups, call
+        ``disconnect``."""
         await self._leave()
         try:
             async with _OrmUnit(_orm_pool()):
@@ -1501,7 +1502,7 @@ class _Config:
     rate: float | None
     burst: float
     incoming: TypeAdapter[Any] | None
-    pool: _OrmPool | None
+    pool: _OrmPool
     tags: tuple[str, ...]  # the actions, when the incoming adapter is a tagged union
     completions: dict[str, str]  # the completion frames' text
 
