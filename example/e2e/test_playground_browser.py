@@ -217,3 +217,42 @@ def test_playground_guards_its_socket_and_path_parameters(page: Page, base_url: 
     expect(auth.last).to_contain_text("Invalid token.")
     protocols = page.evaluate("window.__protocols")
     assert protocols == [["chanx", "chanx.auth.VG9rZW4gbm90LWEtcmVhbC10b2tlbg"]], protocols
+
+
+def test_playground_shows_failures_in_red(page: Page, base_url: str) -> None:
+    """A received frame reporting a failure (action "error", or a payload status_code
+    >= 400 such as a refused authentication) gets the err class (red), not the
+    success's green; a successful authentication frame does not."""
+    login(page, base_url, "admin")
+    page.goto("/playground/websocket/")
+    expect(page.locator("#endpoint option").first).to_be_attached()
+    select_option_starting_with(page, "#endpoint", "/ws/assistants/ ")
+    received = page.locator("#log .entry.received")
+    auth = received.filter(has_text='"action": "authentication"')
+
+    # Accepted: the authentication frame (status 200) is a success.
+    page.click("#connect")
+    expect(page.locator("#status")).to_have_text("open")
+    expect(auth).to_have_count(1)
+    expect(auth).to_contain_text('"status_code": 200')
+    expect(auth).not_to_contain_class("err")
+
+    # Text that is not JSON gets an error frame, shown as a failure; the socket stays open.
+    send(page, "{")
+    error = received.filter(has_text='"action": "error"')
+    expect(error).to_have_count(1)
+    expect(error).to_contain_class("err")
+    expect(page.locator("#status")).to_have_text("open")
+
+    # Refused: a bogus token's authentication frame (status 401) is a failure too.
+    page.click("#disconnect")
+    expect(page.locator("#status")).to_contain_text("closed (code 1000")
+    page.fill("#token", "Token not-a-real-token")
+    page.click("#connect")
+    expect(page.locator("#status")).to_contain_text("closed (code 4401")
+    expect(auth).to_have_count(2)
+    expect(auth.last).to_contain_text('"status_code": 401')
+    expect(auth.last).to_contain_class("err")
+
+    # Only those two are red: not the success, nor what was sent.
+    expect(page.locator("#log .entry.err")).to_have_count(2)
