@@ -477,9 +477,8 @@ class _Wire:
         return self.text(message.model_dump_json(exclude=exclude))
 
     def load(self, text: str, adapter: TypeAdapter[Any]) -> Any:
-        """Validate a text frame, always from JSON text, whatever the wire (strict models
-        then judge a frame alike): ``ValidationError`` if bad, ``ChanxError`` for a bad
-        ``ref``. A ``ref`` is set on ``_FRAME_REF``: what the frame causes carries it."""
+        """Validate a frame from its JSON text whatever the wire (``ValidationError``;
+        ``ChanxError`` for a bad ``ref``, which otherwise goes on ``_FRAME_REF``)."""
         if self.plain and '"ref"' not in text:
             return adapter.validate_json(text)  # straight from the text: the fast path
         data = _any_json().validate_json(text)
@@ -536,13 +535,8 @@ def _dumps(value: Any) -> str:
     return to_json(value, inf_nan_mode="null").decode()
 
 
-_REF_ERROR = (
-    "ref must be a string of at most 128 characters or an integer between -2**53 and 2**53."
-)
-
-
-#: Errors whose text is the developer's (a validator's) or the JSON parser's own.
-_OWN_WORDS = ("value_error", "assertion_error", "json_invalid")
+_REF_ERROR = "ref must be a string of at most 128 characters or an integer in [-2**53, 2**53]."
+_OWN_WORDS = ("value_error", "assertion_error", "json_invalid")  # a validator's or the parser's
 
 
 @functools.cache
@@ -1081,10 +1075,9 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             logger.info("Websocket disconnected", extra=context)
 
     async def _leave(self) -> None:
-        """Stop this connection's tasks, then leave its groups (once). A handler that is
-        running (a frame's or a channel-layer message's) may finish within
-        ``DRAIN_TIMEOUT``: nothing new starts, what it sends is dropped, and a server
-        that stops (SIGTERM) does not cut it mid-way."""
+        """Stop this connection's tasks, then leave its groups (once). A running handler
+        (a frame's or a layer message's) may finish within ``DRAIN_TIMEOUT``, so a server
+        that stops (SIGTERM) cuts none mid-way; nothing new starts, its sends are dropped."""
         if self._left:
             return
         self._closed = self._left = True
@@ -1336,9 +1329,8 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             logger.warning("%s accepts no events", type(self).__name__, extra=_log_context(self))
             return
         data = message["event"]  # JSON text (a dict from chanx before 3.2, in a rolling deploy)
-        event = (
-            adapter.validate_json(data) if isinstance(data, str) else adapter.validate_python(data)
-        )
+        validate = adapter.validate_json if isinstance(data, str) else adapter.validate_python
+        event = validate(data)
         try:
             await self._run(self._chanx_meta.event_handlers, event, self.receive_event)
         except StopConsumer:
@@ -1428,9 +1420,8 @@ def _group_list(groups: str | Iterable[str]) -> list[str]:
 
 @dataclasses.dataclass
 class _Refused:
-    """Frames refused in a row, counted by reason (a handful): the worker answers each,
-    between the frames before and after them, so a queue holds at most one of these
-    per waiting text and refusals cost no memory per frame."""
+    """Frames refused in a row, counted by reason (a handful), answered in their place:
+    at most one per waiting text in a queue, so refusals cost no memory per frame."""
 
     counts: dict[str, int]
 
@@ -1749,31 +1740,29 @@ def _build_meta(cls: type[AsyncJsonWebsocketConsumer[Any]]) -> _ConsumerMeta:
 AsyncJsonWebsocketConsumer._chanx_meta = _ConsumerMeta({}, {}, (), (), ())
 
 
-# The ORM's threads. Channels runs every thread-sensitive call (Django's async
-# ORM, database_sync_to_async, sync_to_async) on asgiref's one shared thread, one
-# call at a time: one slow query holds every connection of the process, and a
-# transaction held across awaits takes in the other connections' writes. Django's
-# HTTP handler gives each request a thread of its own; chanx does the same with a
-# bounded pool (ORM_THREADS). Each unit of work (a handshake, a frame, a
-# channel-layer message, the disconnect) takes a free thread at its first
-# thread-sensitive call and keeps it until it ends, waiting (first come, first
-# served) while every thread is held; a unit that never calls the ORM takes none.
-# So a frame sees one connection per database, as a request does, and a process
-# opens at most ORM_THREADS connections per database. ORM_THREADS=None keeps
-# Channels' shared thread, call by call.
+# The ORM's threads. Channels runs every thread-sensitive call (the async ORM,
+# database_sync_to_async, sync_to_async) on asgiref's one thread, one at a time:
+# a slow query holds every connection of the process, and a transaction held
+# across awaits takes in the others' writes. Django's HTTP handler gives each
+# request a thread; chanx gives each unit of work (a handshake, a frame, a layer
+# message, the disconnect) one of ORM_THREADS, taken at its first
+# thread-sensitive call and kept until it ends (first come, first served when
+# all are held; a unit that never calls the ORM takes none). So a frame sees one
+# connection per database, and a process opens at most ORM_THREADS per database.
+# ORM_THREADS=None keeps Channels' shared thread, call by call.
 #
-# Database hygiene costs no hop: close_old_connections(), sparing transactions,
-# runs on the thread just before a unit's first call there. Under Django's
-# default CONN_MAX_AGE=0 a unit that uses the database reconnects, as a request
-# does; a connection that failed (a killed backend) is replaced.
+# Hygiene costs no hop: close_old_connections(), sparing transactions, runs on
+# the thread before a unit's first call and when the thread goes idle. Under
+# CONN_MAX_AGE=0 connections close once no unit holds a thread (under load one
+# serves unit after unit, as on Channels' shared thread); a psycopg pool's goes
+# back after every unit; a failed one (a killed backend) is replaced.
 
 
 class _OrmThread:
     """A thread of the pool: runs, in order, the calls of the unit holding it."""
 
     def __init__(self, name: str) -> None:
-        self.calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]
-        self.calls = queue.SimpleQueue()
+        self.calls = queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]()
         threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
@@ -1798,6 +1787,7 @@ class _OrmPool:
     def __init__(self, size: int | None) -> None:
         self.size, self.threads, self.free = size, list[_OrmThread](), list[_OrmThread]()
         self.waiting: deque[_OrmUnit] = deque()  # each with its calls, in order
+        self.used: set[_OrmThread] = set()  # threads that served a unit since all were idle
         self.lock = threading.Lock()
 
     def submit(self, unit: _OrmUnit, fn: Callable[[], Any]) -> Future[Any]:
@@ -1816,7 +1806,7 @@ class _OrmPool:
                         self.waiting.append(unit)
                     unit.pending = [*unit.pending, (fn, future := Future[Any]())]
                     return future
-                fn = functools.partial(_cleanly, fn)
+                fn = functools.partial(_cleanly, fn, handoff=self.size is not None)
             return unit.thread.submit(fn)  # type: ignore[no-any-return]
 
     def release(self, unit: _OrmUnit) -> None:
@@ -1830,13 +1820,22 @@ class _OrmPool:
             thread, unit.thread = unit.thread, None
             if thread is None or self.size is None:
                 return
-            if not self.waiting:
+            if not self.waiting:  # the thread goes idle
                 self.free.append(thread)
+                self.used.add(thread)
+                if _closing_when_idle():  # a pooled connection goes back; all close once idle
+                    idle = len(self.free) == len(self.threads)  # no unit holds a thread
+                    for each in self.used if idle else (thread,):
+                        each.calls.put(
+                            (functools.partial(_close_old_connections, not idle), Future())
+                        )
+                    self.used = set() if idle else self.used
                 return
             waiter = self.waiting.popleft()
             waiter.thread, calls, waiter.pending = thread, waiter.pending, ()
             for i, (fn, future) in enumerate(calls):  # all it asked for meanwhile, in order
-                thread.calls.put((functools.partial(_cleanly, fn) if i == 0 else fn, future))
+                fn = functools.partial(_cleanly, fn, handoff=True) if i == 0 else fn
+                thread.calls.put((fn, future))
 
 
 _POOLS: dict[int | None, _OrmPool] = {}  # by size: a settings change strands no unit
@@ -1878,18 +1877,34 @@ class _OrmUnit(Executor):
             self.pool.release(self)
 
 
-def _close_old_connections() -> None:
+def _close_old_connections(handoff: bool = False) -> None:
     """``close_old_connections()`` on this thread, sparing transactions (in tests, the
-    ``TestCase``'s)."""
+    ``TestCase``'s); on a ``handoff``, sparing what ``CONN_MAX_AGE=0`` alone condemns."""
     from django.db import connections
 
-    for conn in connections.all(initialized_only=True):
-        if not conn.in_atomic_block:
+    wrappers: Sequence[Any] = connections.all(initialized_only=True)
+    for conn in wrappers:
+        if conn.in_atomic_block:
+            continue
+        db = conn.settings_dict
+        sound = not conn.errors_occurred and conn.autocommit == db["AUTOCOMMIT"]
+        if handoff and sound and db["CONN_MAX_AGE"] == 0 and not db["OPTIONS"].get("pool"):
+            conn.health_check_done = False  # checked before its next query (health checks)
+        else:
             conn.close_if_unusable_or_obsolete()
 
 
-def _cleanly(fn: Callable[[], Any]) -> Any:
-    _close_old_connections()
+def _closing_when_idle() -> bool:
+    """Whether a database's connections close when idle (``CONN_MAX_AGE=0``, a pool)."""
+    from django.db import connections
+
+    return any(
+        db["CONN_MAX_AGE"] == 0 or db["OPTIONS"].get("pool") for db in connections.settings.values()
+    )
+
+
+def _cleanly(fn: Callable[[], Any], handoff: bool = False) -> Any:
+    _close_old_connections(handoff)
     return fn()
 
 
@@ -1897,9 +1912,8 @@ _POOL_THREAD = threading.local()
 
 
 def _channels_cleanup() -> None:
-    """Channels' ``database_sync_to_async`` closes stale connections around each call
-    (at ``CONN_MAX_AGE=0``, a reconnect per call); on a pool thread that was done when
-    the unit took it: once per unit, as Django does once per request."""
+    """Channels' ``database_sync_to_async`` closes stale connections around each call; on
+    a pool thread the unit's hygiene does it, once per unit as Django's per request."""
     if not getattr(_POOL_THREAD, "serving", False):
         _django_close_old_connections()
 
@@ -2693,7 +2707,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
         while (output := await self._next(max(deadline - time.monotonic(), 0))) is not None:
             frame = None
             if output["type"] == "websocket.send":
-                frame = _strict_json(output.get("text") or output.get("bytes") or "null")
+                frame = json.loads(
+                    output.get("text") or output.get("bytes") or "null", parse_constant=_not_json
+                )
                 frames.append(frame)
                 self.received.append(frame)
             if done(output, frame):
@@ -2776,7 +2792,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
         while (output := await self._next(timeout)) is not None and output[
             "type"
         ] == "websocket.send":
-            frames.append(_strict_json(output.get("text") or "null"))
+            frames.append(json.loads(output.get("text") or "null", parse_constant=_not_json))
         if output is not None:
             self._ahead.appendleft(output)
         self.received.extend(frames)
@@ -2857,13 +2873,8 @@ class WebsocketCommunicator(ApplicationCommunicator):
                 await asyncio.wait({self.future})
 
 
-def _strict_json(text: str | bytes) -> Any:
-    """A frame as a browser's ``JSON.parse`` reads it: ``NaN`` or ``Infinity`` fail."""
-
-    def refuse(constant: str) -> Any:
-        raise AssertionError(f"Not JSON: the frame has {constant}: {text!r}")
-
-    return json.loads(text, parse_constant=refuse)
+def _not_json(constant: str) -> Any:
+    raise AssertionError(f"A frame has {constant}, which a browser's JSON.parse refuses.")
 
 
 _COMPLETION_ACTIONS = frozenset((ACTION_COMPLETE, GROUP_ACTION_COMPLETE, EVENT_ACTION_COMPLETE))

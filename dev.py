@@ -51,6 +51,7 @@ TEST = [
     "hypothesis>=6.100",
     "websockets>=13",
     "wsproto>=1.2",  # uvicorn --ws wsproto in example/e2e/test_drain.py
+    "psycopg-pool>=3.2",  # Django's OPTIONS["pool"] in example/e2e/test_psycopg_pool.py
     "jsonschema>=4.22",
     "playwright>=1.45",
     "psutil>=5.9",
