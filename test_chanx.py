@@ -1002,6 +1002,25 @@ async def wait_until(predicate: Any, what: str, timeout: float = TIMEOUT) -> Non
         await asyncio.sleep(0)
 
 
+async def orm_threads_settled(look: Any = lambda: None) -> dict[int, Any]:
+    """Once no unit holds a thread of the ORM pool (ORM_THREADS as now set), ``look()``
+    on each of its threads, after everything that thread was given before: the
+    hygiene queued there when it went idle too, which is not awaited and so may run
+    after the unit's reply reached the client. {thread ident: what look() returned}"""
+    pool = chanx._orm_pool()
+    await wait_until(
+        lambda: len(pool.free) == len(pool.threads) and not pool.waiting,
+        "every unit to give its ORM thread back",
+    )
+    looks = [thread.submit(lambda: (threading.get_ident(), look())) for thread in pool.threads]
+    return dict(await asyncio.gather(*map(asyncio.wrap_future, looks)))
+
+
+def holds_a_connection() -> bool:
+    """On an ORM thread: whether its default database connection is open."""
+    return connections["default"].connection is not None
+
+
 async def wait_event(event: asyncio.Event, timeout: float = TIMEOUT) -> None:
     await asyncio.wait_for(event.wait(), timeout)
 
@@ -1764,13 +1783,16 @@ async def test_no_frame_is_handled_after_the_server_closes(ws: Any) -> None:
 @pytest.fixture
 def close_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Each run of chanx's hygiene (close stale connections) and the thread it ran on:
-    the thread a unit takes, before the unit's first call there."""
+    the thread a unit takes, before the unit's first call there; and a pool's thread
+    when it goes idle, if a database closes its connections then (CONN_MAX_AGE=0, a
+    psycopg pool). That run is queued, not awaited: count only after
+    ``orm_threads_settled()``."""
     calls: list[int] = []
     original = chanx._close_old_connections
 
-    def counting() -> None:
+    def counting(*handoff: bool) -> None:
         calls.append(threading.get_ident())
-        original()
+        original(*handoff)
 
     monkeypatch.setattr(chanx, "_close_old_connections", counting)
     return calls
@@ -1796,6 +1818,14 @@ async def db_probe(communicator: WebsocketCommunicator) -> tuple[Any, Any]:
     return raw, conn
 
 
+def persistent_connections(monkeypatch: pytest.MonkeyPatch, max_age: int | None = 60) -> None:
+    """CONN_MAX_AGE for every thread's connection (their wrappers share one settings
+    dict), set before the test's first unit: at Django's default 0 the hygiene would
+    close a unit's connection as soon as its thread goes idle (no unit holding a
+    thread); persistent, it stays, for the test to make obsolete, errored, ..."""
+    monkeypatch.setitem(connections["default"].settings_dict, "CONN_MAX_AGE", max_age)
+
+
 def make_closable(monkeypatch: pytest.MonkeyPatch, conn: Any) -> None:
     """Let close() really close the test database's in-memory SQLite connection
     (the database survives: the test runner's own connection keeps it) and
@@ -1809,9 +1839,13 @@ def make_closable(monkeypatch: pytest.MonkeyPatch, conn: Any) -> None:
 async def test_obsolete_connection_is_closed_before_the_next_handler(
     ws: Any, monkeypatch: pytest.MonkeyPatch, close_calls: list[int], created_connections: Any
 ) -> None:
+    """A persistent connection that became obsolete while its thread was idle is
+    closed by the hygiene at the next unit's start, before its handler."""
+    persistent_connections(monkeypatch)
     communicator = await ws("/ws/db/")
     raw_before, conn = await db_probe(communicator)
     make_closable(monkeypatch, conn)
+    await orm_threads_settled()  # kept while idle
     conn.close_at = time.monotonic() - 1  # CONN_MAX_AGE elapsed
     close_calls.clear()
     created_connections.clear()
@@ -1819,16 +1853,21 @@ async def test_obsolete_connection_is_closed_before_the_next_handler(
     assert conn_after is conn
     assert raw_after is not raw_before  # the handler got a fresh connection
     assert created_connections == [conn]
-    assert close_calls == [conn._thread_ident]  # once, on the ORM's thread
+    await orm_threads_settled()
+    assert close_calls == [conn._thread_ident]  # once, on the ORM's thread (none when idle)
 
 
 @db
 async def test_errored_unusable_connection_is_closed_before_the_next_handler(
     ws: Any, monkeypatch: pytest.MonkeyPatch, close_calls: list[int], created_connections: Any
 ) -> None:
+    """A persistent connection found errored and unusable at the next unit's start is
+    closed by the hygiene then, before its handler."""
+    persistent_connections(monkeypatch)
     communicator = await ws("/ws/db/")
     raw_before, conn = await db_probe(communicator)
     make_closable(monkeypatch, conn)
+    await orm_threads_settled()  # kept while idle
     monkeypatch.setattr(conn, "is_usable", lambda: False)
     conn.close_at = None
     conn.errors_occurred = True
@@ -1837,7 +1876,8 @@ async def test_errored_unusable_connection_is_closed_before_the_next_handler(
     raw_after, _ = await db_probe(communicator)
     assert raw_after is not raw_before
     assert created_connections == [conn]
-    assert close_calls == [conn._thread_ident]  # once, on the ORM's thread
+    await orm_threads_settled()
+    assert close_calls == [conn._thread_ident]  # once, on the ORM's thread (none when idle)
 
 
 @pytest.mark.parametrize("orm_threads", [8, None], ids=["pool", "shared-thread"])
@@ -1851,7 +1891,8 @@ async def test_healthy_connection_costs_no_thread_hop_per_frame(
 ) -> None:
     """The hygiene runs once per frame, on the thread the frame takes (a pool's, or
     asgiref's shared one under ORM_THREADS=None), inside the frame's first call:
-    the thread runs the handler's own calls and nothing more."""
+    the thread runs the handler's own calls and nothing more. (With persistent
+    connections there is none when a pool's thread goes idle: nothing to close.)"""
     submitted: list[Any] = []
     submit = chanx._OrmPool.submit
 
@@ -1860,17 +1901,18 @@ async def test_healthy_connection_costs_no_thread_hop_per_frame(
         return submit(self, unit, fn)
 
     monkeypatch.setattr(chanx._OrmPool, "submit", counting_submit)
+    persistent_connections(monkeypatch, None)  # the ORM thread's connection: healthy
     with override_settings(CHANX={"ORM_THREADS": orm_threads}):
         communicator = await ws("/ws/db/")
         raw_before, conn = await db_probe(communicator)
-        monkeypatch.setitem(conn.settings_dict, "CONN_MAX_AGE", None)  # persistent connections
-        monkeypatch.setattr(conn, "close_at", None)  # the ORM thread's: healthy
+        await orm_threads_settled()
         close_calls.clear()
         created_connections.clear()
         submitted.clear()
         for _ in range(50):
             raw, _ = await db_probe(communicator)
             assert raw is raw_before
+        await orm_threads_settled()
     assert close_calls == [conn._thread_ident] * 50  # once a frame, on its thread...
     assert len(submitted) == 2 * 50  # ...riding on the first of the handler's 2 calls
     if orm_threads is None:  # asgiref's one thread
@@ -4144,6 +4186,7 @@ class Gate:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
         self.cancelled = asyncio.Event()
+        self.session: Any = None  # backend_id() of a handler holding its thread (pid_hold)
 
 
 GATE = Gate()
@@ -5040,23 +5083,49 @@ def backend_id() -> Any:
         return connection.chanx_test_serial
 
 
+class PidHold(BaseMessage):
+    action: Literal["pid_hold"] = "pid_hold"
+
+
+def terminate_backend(pid: int) -> bool:
+    """pg_terminate_backend from this thread's own session (closed after, as no fixture
+    closes a worker thread's), waiting for the process to exit: whether it did."""
+    try:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, %s)", [pid, int(TIMEOUT * 1000)])
+            return bool(cursor.fetchone()[0])
+    finally:
+        connections["default"].close()
+
+
 class PidConsumer(HoldConsumer):
     @ws_handler
     async def pid(self, message: Pid) -> PidReply:
         await User.objects.acount()  # the ORM's own async API
         return PidReply(payload=await sync_to_async(backend_id)())
 
+    @ws_handler
+    async def pid_hold(self, message: PidHold) -> PidReply:
+        """Its session (``GATE.session``), then its thread held across an await until
+        ``GATE.release``; no query after."""
+        GATE.session = await sync_to_async(backend_id)()
+        GATE.entered.set()
+        await GATE.release.wait()
+        return PidReply(payload=GATE.session)
+
 
 @pytest.fixture
 def hops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Each run of chanx's hygiene (close stale connections), on the thread a unit
-    takes, before the unit's first call there: never a hop of its own."""
+    takes, before the unit's first call there, and on a pool's thread when it goes
+    idle (CONN_MAX_AGE=0), queued behind the unit's calls: never a hop of its own.
+    That run is not awaited: count only after ``orm_threads_settled()``."""
     calls: list[int] = []
     original = chanx._close_old_connections
 
-    def counting() -> None:
+    def counting(*handoff: bool) -> None:
         calls.append(threading.get_ident())
-        original()
+        original(*handoff)
 
     monkeypatch.setattr(chanx, "_close_old_connections", counting)
     return calls
@@ -5130,18 +5199,28 @@ async def test_db_hygiene_state_stays_flat_over_thousands_of_reconnects(
 async def test_a_killed_postgres_backend_is_replaced_before_the_next_handler(
     age: int, health_checks: bool
 ) -> None:
+    """At CONN_MAX_AGE=60 with health checks the session outlives its frame and is
+    killed while its thread is idle; at CONN_MAX_AGE=0 it is closed once its thread
+    goes idle (no other unit holds one here), so it is killed while the frame holds
+    it, after the frame's last query. Either way the next frame runs on a fresh
+    session, with no error frame."""
     if connection.vendor != "postgresql":
         pytest.skip("database: needs PostgreSQL (DATABASE_URL=postgres://...)")
 
-    def terminate(pid: int) -> None:
-        with connections["default"].cursor() as cursor:  # another thread's own connection
-            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-        connections["default"].close()
-
     async with conn_max_age(age, health_checks):
         communicator = await connect(PidConsumer)
-        first = await pid_of(communicator)
-        await sync_to_async(terminate, thread_sensitive=False)(first)
+        if age:
+            first = await pid_of(communicator)
+            await orm_threads_settled()  # persistent: kept while idle
+        else:
+            await communicator.send_message(PidHold())
+            await wait_event(GATE.entered)
+            first = GATE.session
+        assert await sync_to_async(terminate_backend, thread_sensitive=False)(first) is True
+        if not age:
+            GATE.release.set()
+            reply = await communicator.receive_json_from(timeout=10)
+            assert (reply["action"], reply["payload"]) == ("pid_reply", first), reply
         second = await pid_of(communicator)  # no error frame: a fresh connection
         assert second != first
         third = await pid_of(communicator)
@@ -5153,21 +5232,34 @@ async def test_a_killed_postgres_backend_is_replaced_before_the_next_handler(
 async def test_conn_max_age_0_closes_after_each_frame_that_used_the_database_and_60_never(
     hops: list[int],
 ) -> None:
+    """CONN_MAX_AGE=0: a frame's connection is closed once its thread goes idle with
+    no unit holding a thread (here after each frame: one connection, one frame at a
+    time), by the hygiene queued on the thread then, and the next frame connects
+    anew. CONN_MAX_AGE=60: kept, checked once a frame (none when idle)."""
     if in_memory_sqlite():
         pytest.skip(
             "database: in-memory SQLite ignores close(); CI runs it on a file and PostgreSQL"
         )
     async with conn_max_age(0):
         communicator = await connect(PidConsumer)
-        ids = [await pid_of(communicator) for _ in range(3)]
-        assert len(set(ids)) == 3 and len(hops) >= 3  # closed, and reconnected, between frames
+        await orm_threads_settled()
+        hops.clear()
+        ids = []
+        for _ in range(3):
+            ids.append(await pid_of(communicator))
+            open_after = await orm_threads_settled(holds_a_connection)
+            assert not any(open_after.values())  # closed once the frame's thread was idle...
+        assert len(set(ids)) == 3  # ...and reconnected by the next frame
+        assert len(hops) == 2 * 3 and len(set(hops)) == 1  # its start and idle, on its thread
         await communicator.disconnect()
     async with conn_max_age(60):
         communicator = await connect(PidConsumer)
         await pid_of(communicator)
+        await orm_threads_settled()
         hops.clear()
         ids = [await pid_of(communicator) for _ in range(20)]
-        assert len(set(ids)) == 1  # persistent: kept...
+        open_after = await orm_threads_settled(holds_a_connection)
+        assert len(set(ids)) == 1 and open_after[hops[-1]] is True  # persistent: kept...
         assert len(hops) == 20 and len(set(hops)) == 1  # ...by one check a frame, on its thread
         await communicator.disconnect()
 
@@ -5877,13 +5969,15 @@ async def cov_db_frame(communicator: WebsocketCommunicator, what: str = "query")
 @pytest.fixture
 def cov_hops(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Each time chanx runs close_old_connections: once per unit of work that uses the
-    ORM, on the thread it takes, inside its first call there (no hop of its own)."""
+    ORM, on the thread it takes, inside its first call there (no hop of its own);
+    under CONN_MAX_AGE=0 also when a pool's thread goes idle, queued there and not
+    awaited (count only after ``orm_threads_settled()``)."""
     calls: list[int] = []
     original = chanx._close_old_connections
 
-    def counting() -> None:
+    def counting(*handoff: bool) -> None:
         calls.append(threading.get_ident())
-        original()
+        original(*handoff)
 
     monkeypatch.setattr(chanx, "_close_old_connections", counting)
     COV_DBAPI.clear()
@@ -5943,11 +6037,13 @@ async def test_health_checks_run_before_the_first_query_of_every_handler(
     async with cov_conn_settings(60, health_checks=True):
         communicator = await cov_open(CovDbConsumer)
         first = await cov_db_frame(communicator)  # connects: checked by connecting
+        await orm_threads_settled()
         hops, before = len(cov_hops), len(checks)
         for n in range(1, 4):
             reply = await cov_db_frame(communicator)
             assert reply["connection"] == first["connection"]  # persistent
             assert len(checks) == before + n  # exactly one check per handler
+        await orm_threads_settled()
         assert len(cov_hops) == hops + 3  # the hygiene: once per handler...
         assert len(set(checks)) == 1 and set(cov_hops[hops:]) == set(checks)  # ...its thread
 
@@ -5959,16 +6055,19 @@ async def test_a_connection_with_errors_is_checked_before_the_next_handler(
     async with cov_conn_settings(60):
         communicator = await cov_open(CovDbConsumer)
         first = await cov_db_frame(communicator)
+        await orm_threads_settled()
         hops = len(cov_hops)
         broken = await cov_db_frame(communicator, "break")
         assert broken["errors_at_end"] is True
         after = await cov_db_frame(communicator)
+        await orm_threads_settled()
         assert len(cov_hops) == hops + 2  # the hygiene, once per handler, saw the errors
         assert after["connected_at_start"] is True
         assert after["errors_at_start"] is False  # Django found it usable: errors cleared
         assert after["connection"] == first["connection"]  # and kept it
         healthy = await cov_db_frame(communicator)
         assert healthy["connection"] == first["connection"] and healthy["errors_at_start"] is False
+        await orm_threads_settled()
         assert len(cov_hops) == hops + 3
 
 
@@ -5982,6 +6081,7 @@ async def test_an_unusable_connection_with_errors_is_replaced_before_the_next_ha
         communicator = await cov_open(CovDbConsumer)
         first = await cov_db_frame(communicator)
         await cov_db_frame(communicator, "break")
+        await orm_threads_settled()  # persistent: nothing checks it while idle
         monkeypatch.setattr(type(connections["default"]), "is_usable", lambda self: False)
         after = await cov_db_frame(communicator)
         assert after["connected_at_start"] is False  # closed before the handler ran
@@ -5997,10 +6097,12 @@ async def test_autocommit_left_off_by_a_handler_is_reset_before_the_next(
     async with cov_conn_settings(60):
         communicator = await cov_open(CovDbConsumer)
         first = await cov_db_frame(communicator)
+        await orm_threads_settled()
         hops = len(cov_hops)
         left_off = await cov_db_frame(communicator, "autocommit_off")
         assert left_off["autocommit"] is False and left_off["connection"] == first["connection"]
         after = await cov_db_frame(communicator)
+        await orm_threads_settled()
         assert len(cov_hops) == hops + 2  # once per handler
         assert after["connected_at_start"] is False  # closed before the handler ran
         assert after["autocommit"] is True and after["connection"] != first["connection"]
@@ -6037,9 +6139,9 @@ class CovAtomicSparedTests(WebsocketTestCase):
         hops: list[int] = []
         real = chanx._close_old_connections
 
-        def counting() -> None:
+        def counting(*handoff: bool) -> None:
             hops.append(1)
-            real()
+            real(*handoff)
 
         with (
             mock.patch.object(wrapper_class, "close", spy),
@@ -7415,9 +7517,7 @@ class ReviewRefConsumer(AsyncJsonWebsocketConsumer):
         return EchoBack(payload=message.payload)
 
 
-REVIEW_BAD_REF = (
-    "ref must be a string of at most 128 characters or an integer between -2**53 and 2**53."
-)
+REVIEW_BAD_REF = "ref must be a string of at most 128 characters or an integer in [-2**53, 2**53]."
 
 
 @db
@@ -7638,6 +7738,7 @@ class PoolState:
         self.tx_release = asyncio.Event()
         self.held = asyncio.Event()  # a handler holds its thread across an await
         self.release = asyncio.Event()
+        self.session: dict[str, Any] = {}  # pool_backend() of the handler holding its thread
         self.channel_names: list[str] = []
         self.gathering = asyncio.Event()
 
@@ -7728,6 +7829,18 @@ def pool_transaction_state(tag: str) -> dict[str, Any]:
     return {"in_atomic_block": connection.in_atomic_block, "sees": sorted(seen)}
 
 
+def pool_backend_then_break() -> dict[str, Any]:
+    """``pool_backend()``, then a query that fails: the connection is left with errors."""
+    backend = pool_backend()
+    try:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT * FROM pool_no_such_table")
+    except DatabaseError:
+        pass
+    assert connections["default"].errors_occurred
+    return backend
+
+
 def pool_usernames() -> list[str]:
     return sorted(
         User.objects.filter(username__startswith="pool-").values_list("username", flat=True)
@@ -7769,6 +7882,16 @@ class PoolPid(BaseMessage):
 class PoolHold(BaseMessage):
     action: Literal["pool_hold"] = "pool_hold"
     payload: str
+
+
+class PoolHoldSession(BaseMessage):
+    action: Literal["pool_hold_session"] = "pool_hold_session"
+    payload: Any = None
+
+
+class PoolBreak(BaseMessage):
+    action: Literal["pool_break"] = "pool_break"
+    payload: Any = None
 
 
 class PoolGather(BaseMessage):
@@ -7861,6 +7984,20 @@ class PoolConsumer(AsyncJsonWebsocketConsumer):
         POOL.held.set()
         await POOL.release.wait()
         return PoolDone(payload=message.payload)
+
+    @ws_handler
+    async def pool_hold_session(self, message: PoolHoldSession) -> PoolDone:
+        """Query (its session: ``POOL.session``), then hold the thread across an await
+        until the test releases it, and end with no query after."""
+        POOL.session = await sync_to_async(pool_backend)()
+        POOL.held.set()
+        await POOL.release.wait()
+        return PoolDone(payload=POOL.session)
+
+    @ws_handler
+    async def pool_break(self, message: PoolBreak) -> PoolDone:
+        """Its session, then a failed query: it leaves its connection with errors."""
+        return PoolDone(payload=await sync_to_async(pool_backend_then_break)())
 
     @ws_handler
     async def pool_gather(self, message: PoolGather) -> PoolDone:
@@ -8053,23 +8190,32 @@ async def test_pool_a_killed_backend_on_a_pool_thread_is_replaced(
     pool: PoolState, age: int, health_checks: bool
 ) -> None:
     """pg_terminate_backend on the session of the pool's only thread (ORM_THREADS=1:
-    every unit takes that thread). At CONN_MAX_AGE=0, or with health checks, the
-    next frame gets a fresh session; with neither, the frame that hits the dead
-    session fails (an error frame) and the next one gets a fresh session."""
+    every unit takes that thread). At CONN_MAX_AGE=60 the session outlives its frame
+    and is killed while the thread is idle; at CONN_MAX_AGE=0 it is closed when its
+    frame ends, so it is killed while the frame holds it, after the frame's last
+    query. At CONN_MAX_AGE=0, or with health checks, the next frame gets a fresh
+    session; with neither, the frame that hits the dead session fails (an error
+    frame) and the next one gets a fresh session."""
     if connection.vendor != "postgresql":
         pytest.skip("database: needs PostgreSQL (DATABASE_URL=postgres://...)")
 
-    def terminate(pid: int) -> None:
-        with connections["default"].cursor() as cursor:  # this thread's own session
-            cursor.execute("SELECT pg_terminate_backend(%s, %s)", [pid, int(TIMEOUT * 1000)])
-            assert cursor.fetchone()[0] is True  # and its process has exited
-        connections["default"].close()
+    async def kill(pid: int) -> None:
+        assert await sync_to_async(terminate_backend, thread_sensitive=False)(pid) is True
 
     with override_settings(CHANX={"ORM_THREADS": 1}):
         async with conn_max_age(age, health_checks):
             (communicator,) = await pool_open()
-            first = await pool_pid_of(communicator)
-            await sync_to_async(terminate, thread_sensitive=False)(first["pid"])
+            if age:
+                first = await pool_pid_of(communicator)
+                await orm_threads_settled()  # persistent: kept while idle
+                await kill(first["pid"])
+            else:
+                await communicator.send_message(PoolHoldSession())
+                await wait_event(pool.held)
+                first = pool.session
+                await kill(first["pid"])
+                pool.release.set()
+                assert await pool_reply(communicator) == first  # no query after: no error
             if age and not health_checks:
                 await communicator.send_message(PoolPid(payload=PoolWorkPayload(tag="dead")))
                 failed = await communicator.receive_json_from(timeout=TIMEOUT)
@@ -8078,6 +8224,8 @@ async def test_pool_a_killed_backend_on_a_pool_thread_is_replaced(
             assert second["pid"] != first["pid"] and second["thread"] == first["thread"]
             third = await pool_pid_of(communicator)
             assert (third["pid"] == second["pid"]) if age else (third["pid"] != second["pid"])
+            open_after = await orm_threads_settled(holds_a_connection)
+            assert open_after[third["thread"]] is bool(age)  # at 0: none idles to be killed
             await communicator.disconnect()
 
 
@@ -8104,16 +8252,17 @@ async def test_pool_conn_max_age_0_connects_once_per_frame_that_uses_the_databas
     pool: PoolState,
 ) -> None:
     """Under Django's default CONN_MAX_AGE=0 a frame's connection is obsolete as soon
-    as it is made: the next unit that takes that thread closes it before its first
-    call and connects anew. So there is one connect (Django's connection_created)
+    as it is made: once no unit holds a thread (here after every frame, each awaited
+    before the next is sent) the hygiene closes it, and the next unit that takes
+    that thread connects anew. So there is one connect (Django's connection_created)
     per frame that uses the database, as one per HTTP request: here 2 connections x
     20 frames = 40, and as many again for frames whose handler also calls Channels'
-    database_sync_to_async (4 times: it closes nothing on a pool thread, the unit
-    did). Yet they all go through one or two connection *wrappers* (Django's
-    per-thread DatabaseWrapper, one per pool thread the frames took): a count of
-    wrappers (or threads) is not a count of connects. That is how a trace saw "200
-    frames use 2 connections" while the benchmark's connection_created counter saw
-    a reconnect per frame; both were right."""
+    database_sync_to_async (4 times: it closes nothing on a pool thread, the unit's
+    hygiene does). Yet they all go through one or two
+    connection *wrappers* (Django's per-thread DatabaseWrapper, one per pool thread
+    the frames took): a count of wrappers (or threads) is not a count of connects.
+    That is how a trace saw "200 frames use 2 connections" while the benchmark's
+    connection_created counter saw a reconnect per frame; both were right."""
     if in_memory_sqlite():
         pytest.skip(
             "database: in-memory SQLite ignores close(); CI runs it on a file and PostgreSQL"
@@ -8139,6 +8288,40 @@ async def test_pool_conn_max_age_0_connects_once_per_frame_that_uses_the_databas
                     assert await pool_reply(communicator) == seq
         assert len(created) == 2 * frames  # database_sync_to_async: no connect of its own
         await asyncio.gather(*(c.disconnect() for c in communicators))
+
+
+@db
+async def test_pool_conn_max_age_0_under_load_a_sound_connection_serves_the_next_unit(
+    pool: PoolState,
+) -> None:
+    """CONN_MAX_AGE=0 while another unit holds a thread (the pool has work): a frame's
+    sound connection stays on its thread for the next unit there, as on Channels'
+    shared thread under load, instead of a connect per frame; one a frame leaves with
+    errors is not handed on. Once no unit holds a thread, every thread used
+    meanwhile closes its connection."""
+    if in_memory_sqlite():
+        pytest.skip(
+            "database: in-memory SQLite ignores close(); CI runs it on a file and PostgreSQL"
+        )
+    with override_settings(CHANX={"ORM_THREADS": 2}):
+        async with conn_max_age(0):
+            holder, worker = await pool_open(2)
+            await holder.send_message(PoolHold(payload="held"))
+            await wait_event(pool.held)  # the pool has work until the test lets it go
+            with pool_connects() as created:
+                first = await pool_pid_of(worker, "first")
+                second = await pool_pid_of(worker, "second")
+                assert (second["pid"], second["thread"]) == (first["pid"], first["thread"])
+                await worker.send_message(PoolBreak())
+                assert (await pool_reply(worker))["pid"] == first["pid"]  # errors left on it
+                after = await pool_pid_of(worker, "after")
+                assert after["thread"] == first["thread"] and after["pid"] != first["pid"]
+                assert len(created) == 2  # the first frame's connect, and the one after errors
+            pool.release.set()
+            assert await pool_reply(holder) == "held"
+            open_after = await orm_threads_settled(holds_a_connection)
+            assert open_after[after["thread"]] is False  # idle now: closed
+            await asyncio.gather(*(c.disconnect(timeout=TIMEOUT) for c in (holder, worker)))
 
 
 @db
