@@ -1682,7 +1682,7 @@ async def test_slow_handler_does_not_delay_disconnect(ws: Any) -> None:
     await wait_event(PROBE.entered)
     await communicator.disconnect(code=1001)  # would cancel the app after TIMEOUT
     assert communicator.future.done() and not communicator.future.cancelled()
-    assert ("cancelled", 7) in PROBE.calls  # the handler was cancelled, not awaited
+    assert ("cancelled", 7) in PROBE.calls  # never returns: cut after DRAIN_TIMEOUT
     assert ("disconnect", 1001) in PROBE.calls
 
 
