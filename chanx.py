@@ -1999,6 +1999,10 @@ class RouteInfo:
     def outgoing(self) -> tuple[type[BaseModel], ...]:
         return _sends(self.consumer)
 
+    @property
+    def wire(self) -> _Wire:
+        return self.config.wire if self.config else _Wire()
+
 
 #: A named group of a re_path, with one level of nested groups in it.
 _NAMED_GROUP = re.compile(r"\(\?P<(\w+)>((?:[^()\\]|\\.|\((?:[^()\\]|\\.)*\))*)\)")
@@ -2150,6 +2154,7 @@ def _wire_schemas(
     """Component names and JSON schemas of ``models`` as they look on the wire."""
     from pydantic.json_schema import models_json_schema
 
+    models = list(dict.fromkeys(models))
     refs, top = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
     )
@@ -2189,18 +2194,14 @@ def asyncapi_schema(
     JSON schemas as the frames look on the wire, and what each endpoint receives (an
     operation per handler, with its reply) and sends."""
     routes = [r for r in (discover_routes() if routes is None else routes) if r.config]
+    models_by_wire: dict[_Wire, list[type[BaseModel]]] = {}
+    for route in routes:
+        models_by_wire.setdefault(route.wire, []).extend((*route.incoming, *route.outgoing))
     names: dict[tuple[_Wire, type[BaseModel]], str] = {}
     schemas: dict[str, Any] = {}
     messages: dict[str, Any] = {}
-    wires = list(dict.fromkeys(r.config.wire for r in routes if r.config))
-    for i, wire in enumerate(wires):  # one set of components per wire in use
-        models = [
-            m
-            for r in routes
-            if r.config and r.config.wire == wire
-            for m in (*r.incoming, *r.outgoing)
-        ]
-        found, wire_schemas = _wire_schemas(list(dict.fromkeys(models)), wire, f"_{i}" if i else "")
+    for i, (wire, wire_models) in enumerate(models_by_wire.items()):  # components per wire
+        found, wire_schemas = _wire_schemas(wire_models, wire, f"_{i}" if i else "")
         schemas.update(wire_schemas)
         for model, name in found.items():
             names[wire, model] = name
@@ -2215,48 +2216,46 @@ def asyncapi_schema(
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     for route in routes:
-        wire, meta = route.config.wire if route.config else _Wire(), route.consumer._chanx_meta
         cid = re.sub(r"[^\w.\-]", "_", route.name)
         while cid in channels:
             cid += "_"
         ref = {"$ref": f"#/channels/{cid}"}
+        own = {m: names[route.wire, m] for m in (*route.incoming, *route.outgoing)}
         params = {
             n: {"description": f"Path parameter matching {p}"} for n, p in route.path_params.items()
         }
-        channel: dict[str, Any] = {"address": route.address, "title": route.name}
-        channel["messages"] = {
-            names[wire, m]: {"$ref": f"#/components/messages/{names[wire, m]}"}
-            for m in (*route.incoming, *route.outgoing)
+        channel = {
+            "address": route.address,
+            "title": route.name,
+            "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in own.values()},
         }
         info = getattr(route.consumer, "__chanx_channel__", {})
         channels[cid] = _described(
             channel, description=route.description, tags=info.get("tags"), parameters=params
         )
 
-        def operation(
-            action: str, models: Iterable[type[BaseModel]], **fields: Any
-        ) -> dict[str, Any]:
-            refs = [{"$ref": f"#/channels/{cid}/messages/{names[wire, m]}"} for m in models]  # noqa: B023
-            return _described({"action": action, "channel": ref, "messages": refs}, **fields)  # noqa: B023
+        def refs(models: Iterable[type[BaseModel]]) -> list[dict[str, str]]:
+            return [{"$ref": f"#/channels/{cid}/messages/{own[m]}"} for m in models]  # noqa: B023
 
         handled: set[type[BaseModel]] = set()
-        for handler in dict.fromkeys(meta.ws_handlers.values()):
+        for handler in dict.fromkeys(route.consumer._chanx_meta.ws_handlers.values()):
             accepts = [
                 m for m in handler.accepts if set(_message_actions(m)) & set(handler.actions)
             ]
             handled.update(accepts)
-            spec = handler.spec
-            reply = {"channel": ref, "messages": operation("", handler.returns)["messages"]}
-            operations[f"{cid}.{handler.name}"] = operation(
-                "receive", accepts, summary=spec.summary, description=spec.description,
-                tags=spec.tags, reply=reply if handler.returns else None,
+            spec, reply = handler.spec, {"channel": ref, "messages": refs(handler.returns)}
+            operations[f"{cid}.{handler.name}"] = _described(
+                {"action": "receive", "channel": ref, "messages": refs(accepts)},
+                summary=spec.summary, description=spec.description, tags=spec.tags,
+                reply=reply if handler.returns else None,
             )  # fmt: skip
-        for model in route.incoming:
-            if model not in handled:
-                operations[f"{cid}.receive.{names[wire, model]}"] = operation("receive", [model])
-        for model in route.outgoing:
-            operations[f"{cid}.send.{names[wire, model]}"] = operation("send", [model])
+        unhandled = tuple(m for m in route.incoming if m not in handled)
+        for action, models in (("receive", unhandled), ("send", route.outgoing)):
+            for model in models:
+                operation = {"action": action, "channel": ref, "messages": refs([model])}
+                operations[f"{cid}.{action}.{own[model]}"] = operation
     protocol, _, host = (base_url or _base_url()).partition("://")
+    server = {"host": host.rstrip("/") or protocol, "protocol": protocol if host else "ws"}
     info = {
         "title": title or chanx_settings.ASYNCAPI_TITLE,
         "version": version or chanx_settings.ASYNCAPI_VERSION,
@@ -2265,12 +2264,7 @@ def asyncapi_schema(
     return {
         "asyncapi": "3.0.0",
         "info": _described(info, description=text),
-        "servers": {
-            "default": {
-                "host": host.rstrip("/") or protocol,
-                "protocol": protocol if host else "ws",
-            }
-        },
+        "servers": {"default": server},
         "defaultContentType": "application/json",
         "channels": channels,
         "operations": operations,
@@ -2307,8 +2301,7 @@ def _example(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> An
 
 def _route_summary(route: RouteInfo) -> dict[str, Any]:
     """An endpoint for the playground, with a template per message it accepts."""
-    wire = route.config.wire if route.config else _Wire()
-    messages = []
+    wire, messages = route.wire, []
     for model in route.incoming:
         schema = model.model_json_schema()
         defs = {k: wire.schema(v, message=False) for k, v in schema.pop("$defs", {}).items()}
