@@ -2670,12 +2670,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
 
     @property
     def _wire(self) -> _Wire:
-        config = _config_of(self.consumer)
-        return (
-            config.wire
-            if config
-            else _Wire(chanx_settings.CAMELIZE, chanx_settings.MESSAGE_ACTION_KEY)
-        )
+        if config := _config_of(self.consumer):
+            return config.wire
+        return _Wire(chanx_settings.CAMELIZE, chanx_settings.MESSAGE_ACTION_KEY)
 
     async def _next(self, timeout: float) -> ASGIMessage | None:
         """The next message the application sent, or None after ``timeout``."""
@@ -2691,6 +2688,13 @@ class WebsocketCommunicator(ApplicationCommunicator):
             self.future.result()  # raise the application's exception, if any
             raise AssertionError(f"The application exited; received so far: {self.received}")
         return None
+
+    async def _peek(self, timeout: float) -> ASGIMessage | None:
+        """The next message the application sent, left unread; None after ``timeout``."""
+        output = await self._next(timeout)
+        if output is not None:
+            self._ahead.appendleft(output)
+        return output
 
     async def _until(
         self, done: Callable[[ASGIMessage, Any], bool], timeout: float, failure: str
@@ -2724,10 +2728,8 @@ class WebsocketCommunicator(ApplicationCommunicator):
 
     async def send_to(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Send one text or binary frame."""
-        if text_data is not None:
-            await self._input({"type": "websocket.receive", "text": text_data})
-        else:
-            await self._input({"type": "websocket.receive", "bytes": bytes_data or b""})
+        frame = {"text": text_data} if text_data is not None else {"bytes": bytes_data or b""}
+        await self._input({"type": "websocket.receive", **frame})
 
     async def send_json_to(self, data: Any) -> None:
         await self.send_to(text_data=json.dumps(data))
@@ -2747,10 +2749,7 @@ class WebsocketCommunicator(ApplicationCommunicator):
 
     async def receive_nothing(self, timeout: float = 0.1, interval: float = 0) -> bool:
         """True when nothing arrives within ``timeout`` (``interval``: unused, no polling)."""
-        output = await self._next(timeout)
-        if output is not None:
-            self._ahead.appendleft(output)
-        return output is None
+        return await self._peek(timeout) is None
 
     async def receive_until_action(
         self, action: str, *, timeout: float = 1.0, inclusive: bool = False, ref: Ref = None
@@ -2777,18 +2776,10 @@ class WebsocketCommunicator(ApplicationCommunicator):
         """Frames until ``stop_action`` (not included). With ``stop_action=None``,
         every frame that arrives before the line is quiet for ``timeout``."""
         if stop_action is not None:
-            frames: list[Any] = await self.receive_until_action(
-                stop_action, timeout=timeout, ref=ref
-            )
-            return frames
+            return await self.receive_until_action(stop_action, timeout=timeout, ref=ref)
         frames = []
-        while (output := await self._next(timeout)) is not None and output[
-            "type"
-        ] == "websocket.send":
-            frames.append(json.loads(output.get("text") or "null", parse_constant=_not_json))
-        if output is not None:
-            self._ahead.appendleft(output)
-        self.received.extend(frames)
+        while (output := await self._peek(timeout)) and output["type"] == "websocket.send":
+            frames.append(await self.receive_json_from())
         return frames
 
     async def receive_all_messages(
@@ -2825,10 +2816,8 @@ class WebsocketCommunicator(ApplicationCommunicator):
         """The authentication frame (None, at once, when the consumer sends none)."""
         if send_authentication_message is None:
             config = _config_of(self.consumer)
-            sends = config.send_authentication_message if config else None
-            send_authentication_message = (
-                chanx_settings.SEND_AUTHENTICATION_MESSAGE if sends is None else sends
-            )
+            default = chanx_settings.SEND_AUTHENTICATION_MESSAGE
+            send_authentication_message = config.send_authentication_message if config else default
         if not send_authentication_message:
             return None
         frame = await self.receive_json_from(max_auth_time)
@@ -2849,8 +2838,8 @@ class WebsocketCommunicator(ApplicationCommunicator):
         """The application closes the socket (with ``code`` when given) within ``timeout``."""
         closed = lambda message, frame: message["type"] == "websocket.close"  # noqa: E731
         _, close = await self._until(closed, timeout, "The socket was not closed")
-        if code is not None and close.get("code", 1000) != code:
-            got = close.get("code", 1000)
+        got = close.get("code", 1000)
+        if code is not None and got != code:
             raise AssertionError(
                 f"Closed with code {got}, expected {code}; received: {self.received}"
             )
@@ -2932,12 +2921,8 @@ class _WebsocketTestCase:
 
     def _ws_credentials(self) -> tuple[list[tuple[bytes, bytes]], str, list[str]]:
         if self._credentials is None:
-            headers, query, protocols = (
-                self.get_ws_headers(),
-                self.get_ws_query_string(),
-                self.get_subprotocols(),
-            )
-            self._credentials = (list(headers), query, list(protocols))
+            headers, query = list(self.get_ws_headers()), self.get_ws_query_string()
+            self._credentials = (headers, query, list(self.get_subprotocols()))
         return self._credentials
 
     def get_ws_headers(self) -> list[tuple[bytes, bytes]]:
