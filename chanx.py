@@ -47,17 +47,21 @@ __all__ = [
 ]
 # fmt: on
 
+import argparse
 import asyncio
 import base64
 import contextlib
 import contextvars
 import dataclasses
 import functools
+import html
 import http
+import importlib
 import inspect
 import json
 import logging
 import operator
+import os
 import queue
 import re
 import sys
@@ -71,23 +75,32 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union
+from urllib.parse import unquote, urlparse
 
 import channels.db
+import django
 from asgiref.sync import AsyncToSync, SyncToAsync, async_to_sync, sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer as _ChannelsJsonConsumer
 from channels.layers import get_channel_layer
+from channels.routing import ProtocolTypeRouter, URLRouter, get_default_application
+from channels.security.websocket import OriginValidator
+from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 from django.core.signals import setting_changed
 from django.db import close_old_connections as _django_close_old_connections
-from django.urls import path, re_path
+from django.http import Http404, HttpResponse, JsonResponse
+from django.urls import include as django_include
+from django.urls import path, re_path, reverse
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticSerializationError, to_json
 from typing_extensions import TypeVar as TypeVar_
 
 if typing.TYPE_CHECKING:
-    from django.http import HttpRequest, HttpResponse
+    from django.http import HttpRequest
     from django.test import TestCase
     from rest_framework.request import Request
 
@@ -203,8 +216,6 @@ class ChanxSettings:
             valid = ", ".join(sorted(_SETTINGS))
             raise AttributeError(f"Unknown chanx setting {name!r}. Valid settings: {valid}.")
         if self._user is None:
-            from django.conf import settings
-
             user = getattr(settings, "CHANX", {})
             if problems := _setting_errors(user):
                 raise ChanxConfigError(" ".join(problems))
@@ -240,8 +251,6 @@ setting_changed.connect(_reload_settings)
 @checks.register("chanx")
 def _check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """``manage.py check``: configuration mistakes reported once, at start-up."""
-    from django.conf import settings
-
     problems = _setting_errors(getattr(settings, "CHANX", {}))
     return [checks.Error(p, hint="Fix settings.CHANX.", id="chanx.E001") for p in problems]
 
@@ -1942,18 +1951,12 @@ def include(target: Any) -> Any:
     """``include("chat.routing")``: that module's ``router`` (a ``URLRouter``, or a list of
     routes); a module with Django ``urlpatterns`` goes to Django's ``include``, so
     ``include("chanx")`` also works in ``urls.py``. A router is returned as it is."""
-    import importlib
-
-    from channels.routing import URLRouter
-
     if isinstance(target, str):
         target = importlib.import_module(target)
     if not isinstance(target, types.ModuleType):
         return target
     router = getattr(target, "router", None)
     if router is None and hasattr(target, "urlpatterns"):
-        from django.urls import include as django_include
-
         return django_include(target)
     if router is None:
         raise ChanxConfigError(
@@ -2033,9 +2036,6 @@ def _inner_application(app: Any) -> Any:
 
 def _default_application() -> Any:
     """``ASGI_APPLICATION``, or a ChanxConfigError saying how to set it."""
-    from channels.routing import get_default_application
-    from django.core.exceptions import ImproperlyConfigured
-
     try:
         return get_default_application()
     except ImproperlyConfigured as exc:
@@ -2048,8 +2048,6 @@ def _default_application() -> Any:
 def discover_routes(application: Any = None) -> list[RouteInfo]:
     """Every websocket endpoint of an application (default: ``ASGI_APPLICATION``),
     through ``ProtocolTypeRouter``, middleware and nested ``URLRouter``s."""
-    from channels.routing import ProtocolTypeRouter, URLRouter
-
     found: list[RouteInfo] = []
 
     def walk(app: Any, prefix: str, params: dict[str, str], depth: int) -> None:
@@ -2080,10 +2078,6 @@ def discover_routes(application: Any = None) -> list[RouteInfo]:
 def _check_origin(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """``manage.py check``: consumers that join groups need a channel layer (E002), and
     session cookies over a websocket need an Origin check (W001) that is not "*" (W002)."""
-    from channels.routing import ProtocolTypeRouter
-    from channels.security.websocket import OriginValidator
-    from django.conf import settings
-
     if not getattr(settings, "ASGI_APPLICATION", None):
         return []
     try:
@@ -2152,8 +2146,6 @@ def _wire_schemas(
     models: Sequence[type[BaseModel]], wire: _Wire, suffix: str
 ) -> tuple[dict[type[BaseModel], str], dict[str, Any]]:
     """Component names and JSON schemas of ``models`` as they look on the wire."""
-    from pydantic.json_schema import models_json_schema
-
     models = list(dict.fromkeys(models))
     refs, top = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
@@ -2499,9 +2491,6 @@ def _playground_endpoint(
 
     @functools.wraps(view)
     def guarded(request: HttpRequest) -> HttpResponse:
-        from django.conf import settings
-        from django.http import Http404, JsonResponse
-
         access, user = chanx_settings.PLAYGROUND_ACCESS, getattr(request, "user", None)
         staff = bool(user is not None and user.is_active and user.is_staff)
         if not (
@@ -2510,8 +2499,6 @@ def _playground_endpoint(
             or (access == "debug_or_staff" and settings.DEBUG)
         ):
             raise Http404("Not found")
-        from django.core.exceptions import SuspiciousOperation
-
         try:
             return view(request)
         except SuspiciousOperation:  # a bad Host: Django's 400, logged to django.security
@@ -2531,11 +2518,6 @@ def _playground_endpoint(
 @_playground_endpoint
 def playground_view(request: HttpRequest) -> HttpResponse:
     """The playground page: pick an endpoint, connect, send, read the log."""
-    import html
-
-    from django.http import HttpResponse
-    from django.urls import reverse
-
     match = request.resolver_match
     namespace = f"{match.namespace}:" if match and match.namespace else ""
     page = _PLAYGROUND_HTML.replace(
@@ -2553,8 +2535,6 @@ def playground_view(request: HttpRequest) -> HttpResponse:
 @_playground_endpoint
 def routes_view(request: HttpRequest) -> HttpResponse:
     """The endpoints as JSON, with a message template per accepted message."""
-    from django.http import JsonResponse
-
     routes = [_route_summary(route) for route in discover_routes() if route.config is not None]
     return JsonResponse({"base_url": chanx_settings.WEBSOCKET_BASE_URL or "", "routes": routes})
 
@@ -2562,8 +2542,6 @@ def routes_view(request: HttpRequest) -> HttpResponse:
 @_playground_endpoint
 def asyncapi_view(request: HttpRequest) -> HttpResponse:
     """The AsyncAPI 3.0 document; ``?format=yaml`` serves it as YAML (JSON is YAML 1.2)."""
-    from django.http import HttpResponse
-
     yaml = request.GET.get("format") == "yaml"
     text = json.dumps(asyncapi_schema(base_url=_base_url(request)), indent=2)
     return HttpResponse(text, content_type="application/yaml" if yaml else "application/json")
@@ -2644,8 +2622,6 @@ class WebsocketCommunicator(ApplicationCommunicator):
         user: Any = None,
         consumer: type[Any] | None = None,
     ) -> None:
-        from urllib.parse import unquote, urlparse
-
         parsed, headers = urlparse(path), list(headers or [])
         if not any(name.lower() == b"origin" for name, _ in headers):
             headers.append((b"origin", b"http://testserver"))
@@ -2913,8 +2889,6 @@ class _WebsocketTestCase:
     def _callTestMethod(self, method: Any) -> None:
         from unittest import mock
 
-        import channels.db
-
         self._ws_credentials()
         with mock.patch.object(channels.db, "close_old_connections", _close_old_connections):
             super()._callTestMethod(method)  # type: ignore[misc]
@@ -2938,8 +2912,6 @@ class _WebsocketTestCase:
         return []
 
     def get_application(self) -> Any:
-        from django.conf import settings
-
         if self.application is not None or self.router is not None:
             return self.application or self.router
         if self.consumer is not None and not getattr(settings, "ASGI_APPLICATION", None):
@@ -3018,9 +2990,6 @@ def __dir__() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m chanx routes`` lists the endpoints, ``asyncapi`` prints the document."""
-    import argparse
-    import os
-
     common = argparse.ArgumentParser(add_help=False)  # options that go before or after the command
     common.add_argument("--settings", default=argparse.SUPPRESS, help="e.g. mysite.settings")
     common.add_argument(
@@ -3046,8 +3015,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.environ.get("DJANGO_SETTINGS_MODULE"):
         parser.error("DJANGO_SETTINGS_MODULE is not set: pass --settings mysite.settings")
     sys.path.insert(0, os.path.abspath(getattr(args, "pythonpath", None) or os.getcwd()))
-    import django
-
     try:
         django.setup()
     except ImportError as exc:
