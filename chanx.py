@@ -591,10 +591,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            **{key: value for key, value in vars(record).items() if key not in _RESERVED_LOG_KEYS},
         }
-        for key, value in vars(record).items():
-            if key not in _RESERVED_LOG_KEYS:
-                entry[key] = value
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -2493,24 +2491,18 @@ def _playground_endpoint(
     def guarded(request: HttpRequest) -> HttpResponse:
         access, user = chanx_settings.PLAYGROUND_ACCESS, getattr(request, "user", None)
         staff = bool(user is not None and user.is_active and user.is_staff)
-        if not (
-            access == "public"
-            or (staff and access != "off")
-            or (access == "debug_or_staff" and settings.DEBUG)
-        ):
+        allowed = {"public": True, "staff": staff, "debug_or_staff": staff or settings.DEBUG}
+        if not allowed.get(access):  # "off": nobody
             raise Http404("Not found")
         try:
             return view(request)
         except SuspiciousOperation:  # a bad Host: Django's 400, logged to django.security
             raise
-        except ChanxConfigError as exc:
+        except Exception as exc:
             logger.exception("Playground endpoint failed")
-            return JsonResponse({"detail": str(exc)}, status=500)
-        except Exception:
-            logger.exception("Playground endpoint failed")
-            return JsonResponse(
-                {"detail": "Could not build the websocket description."}, status=500
-            )
+            known = isinstance(exc, ChanxConfigError)  # it says what is missing
+            detail = str(exc) if known else "Could not build the websocket description."
+            return JsonResponse({"detail": detail}, status=500)
 
     return guarded
 
@@ -3018,9 +3010,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         django.setup()
     except ImportError as exc:
-        settings = os.environ["DJANGO_SETTINGS_MODULE"]
+        module = os.environ["DJANGO_SETTINGS_MODULE"]
         hint = "pass --pythonpath (the directory of manage.py)"
-        parser.error(f"cannot load the settings {settings!r}: {exc}; {hint}")
+        parser.error(f"cannot load the settings {module!r}: {exc}; {hint}")
     if args.command == "routes":
         for route in discover_routes():
             consumer = f"{route.consumer.__module__}.{route.consumer.__qualname__}"
