@@ -2465,11 +2465,9 @@ $("message").onkeydown = (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); send(); }
 };
 fetch(document.body.dataset.routesUrl, {credentials: "same-origin"})
-  .then((res) => res.json().then((data) => {
+  .then(async (res) => {
+    const data = await res.json();
     if (!res.ok) throw new Error(data.detail || "HTTP " + res.status);
-    return data;
-  }))
-  .then((data) => {
     baseUrl = data.base_url || "";
     routes = data.routes || [];
     const label = (r) => r.path + "  (" + r.name + ")";
@@ -2982,11 +2980,10 @@ def __dir__() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m chanx routes`` lists the endpoints, ``asyncapi`` prints the document."""
-    common = argparse.ArgumentParser(add_help=False)  # options that go before or after the command
-    common.add_argument("--settings", default=argparse.SUPPRESS, help="e.g. mysite.settings")
-    common.add_argument(
-        "--pythonpath", default=argparse.SUPPRESS, help="e.g. manage.py's directory"
-    )
+    # options that go before or after the command (an unset one hides no value given)
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--settings", help="e.g. mysite.settings")
+    common.add_argument("--pythonpath", help="e.g. manage.py's directory")
     parser = argparse.ArgumentParser("python -m chanx", parents=[common], description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("routes", parents=[common], help="list the websocket endpoints")
