@@ -2755,10 +2755,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
         are left out and a ``stop_action`` frame that is not one is included."""
         if stop_action is None:
             frames = await self.receive_all_json(timeout, None)
-        else:
-            inclusive = stop_action not in _COMPLETION_ACTIONS
+        else:  # a completion frame is read, then left out with the others
             frames = await self.receive_until_action(
-                stop_action, timeout=timeout, inclusive=inclusive, ref=ref
+                stop_action, timeout=timeout, inclusive=True, ref=ref
             )
         key = self._wire.key
         return [self.to_message(f) for f in frames if f.get(key) not in _COMPLETION_ACTIONS]
