@@ -2143,26 +2143,18 @@ def _base_url(request: HttpRequest | None = None) -> str:
 def _wire_schemas(
     models: Sequence[type[BaseModel]], wire: _Wire, suffix: str
 ) -> tuple[dict[type[BaseModel], str], dict[str, Any]]:
-    """Component names and JSON schemas of ``models`` as they look on the wire."""
+    """Component names (pydantic's, fit for a URL, with ``suffix``) and JSON schemas
+    of ``models`` as they look on the wire."""
     models = list(dict.fromkeys(models))
-    refs, top = models_json_schema(
-        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
-    )
-
-    def name(ref: str) -> str:
-        return re.sub(r"[^\w.\-]", "_", ref.rsplit("/", 1)[-1]) + suffix
-
-    names = {m: name(refs[(m, "validation")]["$ref"]) for m in models}
+    template = f"#/components/schemas/{{model}}{suffix}"
+    refs, top = models_json_schema([(m, "validation") for m in models], ref_template=template)
+    names = {m: refs[(m, "validation")]["$ref"].rsplit("/", 1)[-1] for m in models}
     frames = set(names.values())
     schemas = {
-        name(k): wire.schema(v, message=name(k) in frames) for k, v in top.get("$defs", {}).items()
+        name + suffix: wire.schema(schema, message=name + suffix in frames)
+        for name, schema in top.get("$defs", {}).items()
     }
-    text = re.sub(
-        r'"#/components/schemas/([^"]+)"',
-        lambda m: f'"#/components/schemas/{name(m[1])}"',
-        json.dumps(schemas),
-    )
-    return names, json.loads(text)
+    return names, schemas
 
 
 def _described(entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
