@@ -58,6 +58,7 @@ import html
 import http
 import importlib
 import inspect
+import io
 import json
 import logging
 import operator
@@ -88,19 +89,19 @@ from channels.routing import ProtocolTypeRouter, URLRouter, get_default_applicat
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.core import checks
-from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied, SuspiciousOperation
 from django.core.signals import setting_changed
 from django.db import close_old_connections as _django_close_old_connections
-from django.http import Http404, HttpResponse, JsonResponse
+from django.db import connections
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.urls import include as django_include
 from django.urls import path, re_path, reverse
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticSerializationError, to_json
 from typing_extensions import TypeVar as TypeVar_
 
 if typing.TYPE_CHECKING:
-    from django.http import HttpRequest
     from django.test import TestCase
     from rest_framework.request import Request
 
@@ -398,8 +399,6 @@ def _union_adapter(models: Sequence[type[BaseModel]]) -> TypeAdapter[Any] | None
         return None
     if len(models) == 1:  # never a discriminator on a single type (chanx#9)
         return TypeAdapter(models[0])
-    from pydantic import Field
-
     annotated: Any = Annotated  # the union is built at run time from the consumer's types
     union = functools.reduce(operator.or_, models)
     return TypeAdapter(annotated[union, Field(discriminator="action")])
@@ -683,8 +682,6 @@ def _build_request(scope: Scope, method: str) -> HttpRequest:
     """The handshake as a Django request, parsed by Django's own ASGIRequest: headers
     (repeated cookies joined), query string, client and server; ``wss`` is secure. A
     token offered as a subprotocol is its ``Authorization`` header, unless it has one."""
-    import io
-
     from django.core.handlers.asgi import ASGIRequest
 
     headers = scope.get("headers", [])
@@ -762,8 +759,6 @@ class ChanxWebsocketAuthenticator(_AuthOptions):
 
     def authenticate_sync(self, scope: Scope) -> AuthenticationResult:
         """Authenticate, check permissions and throttles, look up the object."""
-        from django.core.exceptions import PermissionDenied
-        from django.http import Http404
         from rest_framework import exceptions
         from rest_framework.request import ForcedAuthentication
 
@@ -967,8 +962,6 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             logger.info("Websocket connected", extra=_log_context(self))
 
     def _server_error(self, exc: Exception) -> AuthenticationResult:
-        from django.conf import settings
-
         config = isinstance(exc, ChanxConfigError)
         message = "Websocket configuration error" if config else "Websocket authentication failed"
         logger.exception(message, extra=_log_context(self))
@@ -1887,8 +1880,6 @@ class _OrmUnit(Executor):
 def _close_old_connections(handoff: bool = False) -> None:
     """``close_old_connections()`` on this thread, sparing transactions (in tests, the
     ``TestCase``'s); on a ``handoff``, sparing what ``CONN_MAX_AGE=0`` alone condemns."""
-    from django.db import connections
-
     wrappers: Sequence[Any] = connections.all(initialized_only=True)
     for conn in wrappers:
         if conn.in_atomic_block:
@@ -1903,8 +1894,6 @@ def _close_old_connections(handoff: bool = False) -> None:
 
 def _closing_when_idle() -> bool:
     """Whether a database's connections close when idle (``CONN_MAX_AGE=0``, a pool)."""
-    from django.db import connections
-
     return any(
         db["CONN_MAX_AGE"] == 0 or db["OPTIONS"].get("pool") for db in connections.settings.values()
     )
@@ -1931,8 +1920,6 @@ channels.db.close_old_connections = _channels_cleanup
 def _close_orm_connections(close: Callable[[], Any] | None = None) -> None:
     """Run ``close`` (default: ``connections.close_all``) on every ORM thread, the pools'
     and the shared one, and wait: for tests, and before a database is dropped."""
-    from django.db import connections
-
     threads: list[Any] = [t for pool in _POOLS.values() for t in pool.threads]
     threads.append(SyncToAsync.single_thread_executor)
     for future in [thread.submit(close or connections.close_all) for thread in threads]:
