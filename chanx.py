@@ -370,11 +370,7 @@ class EventCompleteMessage(BaseMessage):
     payload: None = None
 
 
-_COMPLETIONS: tuple[type[BaseMessage], ...] = (
-    CompleteMessage,
-    GroupCompleteMessage,
-    EventCompleteMessage,
-)
+_COMPLETIONS = (CompleteMessage, GroupCompleteMessage, EventCompleteMessage)
 
 
 def _message_types(spec: Any) -> list[type[BaseModel]]:
@@ -945,9 +941,7 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
             except Exception as exc:
                 result = self._server_error(exc)
         if self._cfg.send_authentication_message:
-            payload = AuthenticationPayload(
-                status_code=result.status_code, status_text=result.status_text, data=result.data
-            )
+            payload = AuthenticationPayload.model_validate(result, from_attributes=True)
             await self.send_message(AuthenticationMessage(payload=payload))
         if not result.is_authenticated:
             if logger.isEnabledFor(logging.INFO):
@@ -1224,8 +1218,7 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
         self, content: dict[str, Any], groups: Groups = None, *, exclude_current: bool = True
     ) -> None:
         """Send a JSON object to groups, relayed like ``send_group_message``."""
-        text = _dumps(content)
-        await self._publish(text, content.get("action"), groups, exclude_current)
+        await self._publish(_dumps(content), content.get("action"), groups, exclude_current)
 
     async def broadcast_message(
         self,
@@ -1311,9 +1304,8 @@ class AsyncJsonWebsocketConsumer(_AuthOptions, _ChannelsJsonConsumer, Generic[Ev
         """Channels-style ``type`` -> method dispatch for other layer messages."""
         kind = message.get("type")
         name = kind.replace(".", "_") if isinstance(kind, str) else ""
-        handler = None
-        if name and not name.startswith(("_", "websocket_")):  # never a fake client frame
-            handler = getattr(self, name, None)
+        # Never a private method, nor a fake client frame (websocket_receive).
+        handler = None if name.startswith(("_", "websocket_")) else getattr(self, name, None)
         if handler is None:
             context = _log_context(self)
             logger.warning("No handler for channel-layer message %r", kind, extra=context)
