@@ -1454,17 +1454,15 @@ class _Frames:
         return True
 
 
-# Flags and limits: attribute -> settings.CHANX -> default, once per class.
+# Flags and limits: attribute -> settings.CHANX (the attribute's name in capitals)
+# -> default, once per class.
 
-_FLAGS = {
-    "send_completion": "SEND_COMPLETION",
-    "send_message_immediately": "SEND_MESSAGE_IMMEDIATELY",
-    "send_authentication_message": "SEND_AUTHENTICATION_MESSAGE",
-    "log_received_message": "LOG_RECEIVED_MESSAGE",
-    "log_sent_message": "LOG_SENT_MESSAGE",
-    "log_ignored_actions": "LOG_IGNORED_ACTIONS",
-    "camelize": "CAMELIZE",
-}
+# fmt: off
+_FLAGS = (
+    "send_completion", "send_message_immediately", "send_authentication_message",
+    "log_received_message", "log_sent_message", "log_ignored_actions", "camelize",
+)
+# fmt: on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1498,9 +1496,8 @@ class _Config:
         key = (chanx_settings.version, *map(id, flags.values()))  # flags set since count
         if (cached := klass._chanx_config) is not None and cached[0] == key:
             return cached[1]
-        flags = {
-            k: getattr(chanx_settings, _FLAGS[k]) if v is None else v for k, v in flags.items()
-        }
+        for name, value in flags.items():
+            flags[name] = getattr(chanx_settings, name.upper()) if value is None else value
         wire = _Wire(bool(flags.pop("camelize")), chanx_settings.MESSAGE_ACTION_KEY)
         ignored, meta = frozenset(flags.pop("log_ignored_actions")), klass._chanx_meta
         rate, actions = chanx_settings.RATE_LIMIT, [_message_actions(m) for m in meta.incoming]
