@@ -1815,9 +1815,7 @@ class _OrmPool:
                 if _closing_when_idle():  # a pooled connection goes back; all close once idle
                     idle = len(self.free) == len(self.threads)  # no unit holds a thread
                     for each in self.used if idle else (thread,):
-                        each.calls.put(
-                            (functools.partial(_close_old_connections, not idle), Future())
-                        )
+                        each.submit(functools.partial(_close_old_connections, not idle))
                     self.used = set() if idle else self.used
                 return
             waiter = self.waiting.popleft()
