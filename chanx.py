@@ -790,8 +790,7 @@ class ChanxWebsocketAuthenticator(_AuthOptions):
             data = response.data if isinstance(response.data, dict) else {"detail": response.data}
             if isinstance(exc, exceptions.NotAuthenticated) and "authorization" in request.headers:
                 data = {**data, "hint": 'Not accepted; DRF tokens are "Token <key>".'}
-            text = http.HTTPStatus(status).phrase
-            return AuthenticationResult(False, status, text, _plain(data))
+            return AuthenticationResult(False, status, http.HTTPStatus(status).phrase, _plain(data))
         self.user, self.obj = request.user, obj
         # The request lives as long as the connection; the view and the
         # authenticators that were tried need not (memory per connection).
