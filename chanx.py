@@ -322,14 +322,18 @@ class BaseChannelEvent(BaseMessage, abstract=True):
     """A server-side event sent through the channel layer to consumers."""
 
 
-class PingMessage(BaseMessage):
+class _NoPayload(BaseMessage, abstract=True):
+    """A frame that is only its action: ``{"action": "ping"}``."""
+
+    payload: None = None
+
+
+class PingMessage(_NoPayload):
     action: Literal["ping"] = "ping"
-    payload: None = None
 
 
-class PongMessage(BaseMessage):
+class PongMessage(_NoPayload):
     action: Literal["pong"] = "pong"
-    payload: None = None
 
 
 class IncomingMessage(BaseIncomingMessage):
@@ -355,19 +359,16 @@ class AuthenticationMessage(BaseMessage):
     payload: AuthenticationPayload
 
 
-class CompleteMessage(BaseMessage):
+class CompleteMessage(_NoPayload):
     action: Literal["complete"] = "complete"
-    payload: None = None
 
 
-class GroupCompleteMessage(BaseMessage):
+class GroupCompleteMessage(_NoPayload):
     action: Literal["group_complete"] = "group_complete"
-    payload: None = None
 
 
-class EventCompleteMessage(BaseMessage):
+class EventCompleteMessage(_NoPayload):
     action: Literal["event_complete"] = "event_complete"
-    payload: None = None
 
 
 _COMPLETIONS = (CompleteMessage, GroupCompleteMessage, EventCompleteMessage)
